@@ -1,0 +1,8 @@
+"""llada-jax: the LLaDA masked diffusion language model in JAX/Flax."""
+
+from llada_jax.config import ConfigError, ModelConfig, SampleConfig, load_config
+from llada_jax.diffusion import forward_process, pretrain_loss, sft_forward_process, sft_loss
+from llada_jax.model import forward, init_params
+from llada_jax.hf import load_hf_checkpoint, save_hf_checkpoint
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""The `llada-jax` command: thin subcommands that parse arguments and call the library.
+
+Each subcommand is registered by a `_add_<name>(subparsers)` function below that sets
+`func`; `main` dispatches. Errors the user can fix (bad config, missing files) are printed
+as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_convert_hf(args: argparse.Namespace) -> int:
+    from llada_jax.checkpoint import save_params
+    from llada_jax.hf import load_hf_checkpoint
+
+    cfg, params = load_hf_checkpoint(args.src, param_dtype=args.param_dtype)
+    out = save_params(args.dst, cfg, params)
+    print(f"converted {args.src} -> {out} ({cfg.num_params() / 1e9:.3f}B params, {cfg.param_dtype})")
+    return 0
+
+
+def _add_convert_hf(sub) -> None:
+    p = sub.add_parser("convert-hf", help="convert a Hugging Face LLaDA directory to a llada-jax params export")
+    p.add_argument("src", type=Path, help="HF directory (config.json + *.safetensors)")
+    p.add_argument("dst", type=Path, help="output directory (Orbax params + config.yaml)")
+    p.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="storage dtype (default: the checkpoint's torch_dtype)")
+    p.set_defaults(func=_cmd_convert_hf)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LM in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+# Subcommand registrars, in the order `--help` lists them.
+_SUBCOMMANDS = [_add_convert_hf]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llada_jax.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"llada-jax {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Frozen, validated configuration dataclasses and their YAML loading.
+
+Every config is a frozen dataclass (hashable, so it can be a static argument of a jitted
+function). Configs are built from plain dicts with `from_dict`, which rejects unknown keys
+with a did-you-mean hint and converts values to the declared field types; `validate` then
+checks the cross-field rules and names the offending field.
+
+A YAML file holds one mapping per section (`model:`, `sample:`, ... as registered in
+`SECTIONS`); a file without sections is read as a model config. Overrides are dotted
+`section.key=value` strings, with values parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or inconsistent."""
+
+
+def _did_you_mean(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        last_error = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                last_error = e
+        raise last_error or ConfigError(f"{where}: cannot use {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
+                + (_did_you_mean(str(value), [str(a) for a in args]) if isinstance(value, str) else "")
+            )
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+class ConfigBase:
+    """Shared `from_dict` / `to_dict` / `replace` for the frozen config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
+        where = where or cls.__name__
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            k = unknown[0]
+            raise ConfigError(f"{where}: unknown key '{k}'{_did_you_mean(k, list(fields))}")
+        kwargs = {}
+        for name, value in data.items():
+            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+        missing = [
+            n for n, f in fields.items()
+            if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
+        obj = cls(**kwargs)
+        obj.validate(where)
+        return obj
+
+    def validate(self, where: str | None = None) -> None:  # overridden where there are rules
+        return None
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self, **changes):
+        """A validated copy with `changes` applied (unknown names are rejected)."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return type(self).from_dict(merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()):
+        """Load this config's section of a YAML file (see `load_config`)."""
+        section = _section_of(cls)
+        return getattr(load_config(path, overrides), section)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """The mask predictor's architecture (SPEC section 1) and how it is computed."""
+
+    vocab_size: int = 126464
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    mlp_hidden_size: int = 12288
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    max_seq_len: int = 4096
+    weight_tying: bool = False
+    mask_token_id: int = 126336
+    bos_token_id: int = 126080
+    eos_token_id: int = 126081
+    eot_token_id: int = 126348
+    pad_token_id: int = 126081
+    dtype: str = "bfloat16"          # compute dtype
+    param_dtype: str = "float32"     # storage dtype of the parameters
+    remat_policy: str = "none"       # one of REMAT_POLICIES
+    attention_impl: str = "xla"      # one of ATTENTION_IMPLS
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "ModelConfig"
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "max_seq_len")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"{w}.d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"{w}.n_heads: head_dim d_model/n_heads={self.head_dim} must be even for rotary embeddings")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"{w}.n_heads: {self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        for name in ("mask_token_id", "bos_token_id", "eos_token_id", "eot_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if not 0 <= v < self.vocab_size:
+                raise ConfigError(f"{w}.{name}: {v} is outside the vocabulary [0, {self.vocab_size})")
+        if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
+            raise ConfigError(f"{w}: rope_theta and rms_norm_eps must be positive")
+        for name, options in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
+                              ("attention_impl", ATTENTION_IMPLS)):
+            v = getattr(self, name)
+            if v not in options:
+                raise ConfigError(f"{w}.{name}: '{v}' is not one of {', '.join(options)}{_did_you_mean(v, options)}")
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings and head included)."""
+        d, m, L = self.d_model, self.mlp_hidden_size, self.n_layers
+        kv = self.n_kv_heads * self.head_dim
+        per_layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * m
+        head = 0 if self.weight_tying else self.vocab_size * d
+        return self.vocab_size * d + L * per_layer + d + head
+
+    def flops_per_token(self, seq_len: int, backward: bool = False) -> float:
+        """Matmul FLOPs per token of a forward (x3 with the backward), full bidirectional attention."""
+        d, m, L = self.d_model, self.mlp_hidden_size, self.n_layers
+        kv = self.n_kv_heads * self.head_dim
+        dense = 2 * L * (d * d * 2 + 2 * d * kv + 3 * d * m) + 2 * d * self.vocab_size
+        attention = 2 * L * 2 * seq_len * d  # q.k and p.v over every key: no causal halving
+        total = dense + attention
+        return float(total * (3 if backward else 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig(ConfigBase):
+    """Default sampler settings (SPEC section 3); the CLI and sweeps start from these."""
+
+    gen_length: int = 128
+    steps: int = 128
+    block_length: int = 32
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    threshold: float | None = None
+    cache: str | None = None
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "SampleConfig"
+        for name in ("gen_length", "steps", "block_length"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        if self.gen_length % self.block_length:
+            raise ConfigError(f"{w}.gen_length: {self.gen_length} is not divisible by block_length={self.block_length}")
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise ConfigError(f"{w}.steps: {self.steps} is not divisible by the number of blocks {blocks}")
+        if self.temperature < 0 or self.cfg_scale < 0:
+            raise ConfigError(f"{w}: temperature and cfg_scale must be >= 0")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"{w}.threshold: {self.threshold} is outside (0, 1]")
+
+
+# Section name -> dataclass. Later modules register their sections here (train, data, mesh).
+SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig}
+
+
+def _section_of(cls: type) -> str:
+    for name, c in SECTIONS.items():
+        if c is cls:
+            return name
+    raise ConfigError(f"{cls.__name__} is not a registered config section")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{item}': empty key")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return parts, value
+
+
+def _raw_sections(path: str | Path | None, overrides: Sequence[str]) -> dict[str, dict]:
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        with open(p) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        raw = loaded if any(k in SECTIONS for k in loaded) else {"model": loaded}
+    sections = {k: dict(v or {}) for k, v in raw.items()}
+    for k, v in raw.items():
+        if k not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section '{k}'{_did_you_mean(k, list(SECTIONS))}")
+        if v is not None and not isinstance(v, dict):
+            raise ConfigError(f"{path}: section '{k}' must be a mapping")
+    for item in overrides:
+        parts, value = _parse_override(item)
+        if parts[0] not in SECTIONS:
+            # A bare key is a model key when it names one: `n_layers=2`.
+            if len(parts) == 1 and parts[0] in {f.name for f in dataclasses.fields(ModelConfig)}:
+                parts = ["model"] + parts
+            else:
+                raise ConfigError(
+                    f"override '{item}': unknown section '{parts[0]}'{_did_you_mean(parts[0], list(SECTIONS))}"
+                )
+        if len(parts) != 2:
+            raise ConfigError(f"override '{item}': expected section.key=value")
+        sections.setdefault(parts[0], {})[parts[1]] = value
+    return sections
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All sections of a run; sections missing from the file take their defaults."""
+
+    sections: tuple[tuple[str, Any], ...]
+
+    def __getattr__(self, name: str):
+        for k, v in object.__getattribute__(self, "sections"):
+            if k == name:
+                return v
+        raise AttributeError(f"config has no section '{name}'{_did_you_mean(name, list(SECTIONS))}")
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() for k, v in self.sections}
+
+    def replace(self, **sections) -> "Config":
+        items = dict(self.sections)
+        for k, v in sections.items():
+            if k not in SECTIONS:
+                raise ConfigError(f"unknown section '{k}'")
+            items[k] = v
+        return Config(tuple(items.items()))
+
+
+def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Build a full `Config` from a dict of sections (as written by `Config.to_dict`)."""
+    sections = {k: dict(v or {}) for k, v in data.items()}
+    for k in sections:
+        if k not in SECTIONS:
+            raise ConfigError(f"unknown section '{k}'{_did_you_mean(k, list(SECTIONS))}")
+    for item in overrides:
+        parts, value = _parse_override(item)
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(f"override '{item}': expected section.key=value with a known section")
+        sections.setdefault(parts[0], {})[parts[1]] = value
+    built = tuple((name, cls.from_dict(sections.get(name), where=name)) for name, cls in SECTIONS.items())
+    return Config(built)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (sections as in `SECTIONS`) and apply dotted `key=value` overrides."""
+    sections = _raw_sections(path, overrides)
+    where = str(path) if path else "config"
+    built = tuple((name, cls.from_dict(sections.get(name), where=f"{where}:{name}")) for name, cls in SECTIONS.items())
+    return Config(built)
