@@ -6,3 +6,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """configs/tiny.yaml in float32: the shared tiny model config of the suite."""
+    from llada_jax.config import ModelConfig
+
+    return ModelConfig.from_yaml(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_cfg):
+    import jax
+
+    from llada_jax.model import init_params
+
+    return init_params(tiny_cfg, jax.random.key(0))
