@@ -249,8 +249,102 @@ class SampleConfig(ConfigBase):
             raise ConfigError(f"{w}.threshold: {self.threshold} is outside (0, 1]")
 
 
+OBJECTIVES = ("pretrain", "sft")
+DECAY_SHAPES = ("linear", "cosine", "sqrt")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """One training run: objective, batch, AdamW with a warmup-stable-decay schedule, checkpoints, logs.
+
+    The learning rate rises linearly over `warmup_steps`, stays at `learning_rate` for the stable
+    phase (`steps - warmup_steps - decay_steps`), then falls to `final_learning_rate` over
+    `decay_steps` with `decay_shape`. `batch_size` is global (all hosts); `grad_accum` splits it
+    into that many sequential microbatches.
+    """
+
+    objective: str = "pretrain"          # one of OBJECTIVES
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 256
+    grad_accum: int = 1
+    learning_rate: float = 4e-4
+    final_learning_rate: float = 4e-5
+    warmup_steps: int = 100
+    decay_steps: int = 100
+    decay_shape: str = "linear"          # one of DECAY_SHAPES
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0               # global-norm clip; 0 disables
+    noise_eps: float = 1e-3              # p_mask = (1 - eps) t + eps
+    random_length_prob: float = 0.01     # pretraining batches cut to U{1..L} (SPEC section 2)
+    seed: int = 0
+    init_from: str | None = None         # params export or HF directory to start from (SFT)
+    checkpoint_dir: str = "runs/train"
+    checkpoint_every_steps: int = 500    # 0: never by step count
+    checkpoint_every_minutes: float = 0.0  # 0: never by wall time
+    max_to_keep: int = 3
+    async_checkpointing: bool = True
+    log_every: int = 10
+    tensorboard: bool = True
+    max_bad_steps: int = 10              # consecutive non-finite steps before the run stops
+    peak_tflops: float | None = None     # per-device peak for MFU; None: look up the device table
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "TrainConfig"
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"{w}.objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}"
+                              f"{_did_you_mean(self.objective, OBJECTIVES)}")
+        if self.decay_shape not in DECAY_SHAPES:
+            raise ConfigError(f"{w}.decay_shape: '{self.decay_shape}' is not one of {', '.join(DECAY_SHAPES)}")
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "max_to_keep", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "decay_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
+                     "weight_decay", "grad_clip", "learning_rate", "final_learning_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{w}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps + self.decay_steps > self.steps:
+            raise ConfigError(f"{w}: warmup_steps + decay_steps = {self.warmup_steps + self.decay_steps} "
+                              f"exceeds steps={self.steps}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"{w}.batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        if not 0.0 <= self.random_length_prob <= 1.0 or not 0.0 < self.noise_eps < 1.0:
+            raise ConfigError(f"{w}: random_length_prob must be in [0, 1] and noise_eps in (0, 1)")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"{w}.peak_tflops: must be positive, got {self.peak_tflops}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(ConfigBase):
+    """Device mesh sizes per slice (ICI) and across slices (DCN); one -1 per group fills the rest."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "MeshConfig"
+        for group in (("data", "fsdp", "tensor"), ("dcn_data", "dcn_fsdp", "dcn_tensor")):
+            values = [getattr(self, n) for n in group]
+            for n, v in zip(group, values):
+                if v == 0 or v < -1:
+                    raise ConfigError(f"{w}.{n}: must be positive or -1 (fill), got {v}")
+            if values.count(-1) > 1:
+                raise ConfigError(f"{w}: at most one of {', '.join(group)} may be -1")
+
+
 # Section name -> dataclass. Later modules register their sections here (train, data, mesh).
-SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig, "mesh": MeshConfig}
 
 
 def _section_of(cls: type) -> str:
