@@ -375,7 +375,9 @@ def _raw_sections(path: str | Path | None, overrides: Sequence[str]) -> dict[str
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-        raw = loaded if any(k in SECTIONS for k in loaded) else {"model": loaded}
+        # Sectioned when any top-level value is a mapping; a flat file is a model config.
+        sectioned = any(k in SECTIONS or isinstance(v, dict) for k, v in loaded.items())
+        raw = loaded if sectioned else {"model": loaded}
     sections = {k: dict(v or {}) for k, v in raw.items()}
     for k, v in raw.items():
         if k not in SECTIONS:
