@@ -1,0 +1,129 @@
+"""Training throughput accounting (FLOPs, TFLOP/s per device, MFU) and metric writers.
+
+FLOPs come from `ModelConfig.flops_per_token` with full bidirectional attention (no causal
+halving) and the backward pass (x3). Peak FLOP/s per device come from `PEAK_TFLOPS` (dense
+bf16, by device kind) unless the config overrides them. Writers put one JSON object per line
+in `metrics.jsonl` and TensorBoard events (tensorboardX) under `tb/`; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+
+from llada_jax.config import ModelConfig, TrainConfig
+
+# Dense bf16 peak TFLOP/s per device, matched as a lower-case substring of `device_kind`
+# (first match wins, so the more specific names come first).
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("v6 lite", 918.0),     # Trillium (v6e)
+    ("v5 lite", 197.0),     # v5e
+    ("v5e", 197.0),
+    ("v5p", 459.0),
+    ("v5", 459.0),
+    ("v4", 275.0),
+    ("v3", 123.0),
+    ("h200", 989.0),
+    ("h100", 989.0),        # SXM dense bf16
+    ("gh200", 989.0),
+    ("a100", 312.0),
+    ("l40s", 362.0),
+    ("a10g", 125.0),
+)
+
+# High-bandwidth memory per TPU chip in bytes (compile-check compares its plan against it).
+HBM_BYTES: tuple[tuple[str, int], ...] = (
+    ("v6 lite", 32 << 30),
+    ("v5 lite", 16 << 30),
+    ("v5e", 16 << 30),
+    ("v5p", 95 << 30),
+    ("v5", 95 << 30),
+    ("v4", 32 << 30),
+    ("v3", 32 << 30),
+)
+
+
+def _lookup(table, device_kind: str):
+    kind = device_kind.lower()
+    for key, value in table:
+        if key in kind:
+            return value
+    return None
+
+
+def peak_tflops(device_kind: str, override: float | None = None) -> float | None:
+    """Per-device peak TFLOP/s: the override, else the table entry, else None (e.g. CPU)."""
+    return override if override is not None else _lookup(PEAK_TFLOPS, device_kind)
+
+
+def hbm_bytes(device_kind: str) -> int | None:
+    return _lookup(HBM_BYTES, device_kind)
+
+
+def flops_per_step(model: ModelConfig, train: TrainConfig) -> float:
+    """Training FLOPs of one optimizer step over the global batch (forward + backward)."""
+    return model.flops_per_token(train.seq_len, backward=True) * train.tokens_per_step
+
+
+def throughput(model: ModelConfig, train: TrainConfig, seconds_per_step: float, num_devices: int,
+               device_kind: str) -> dict[str, float | None]:
+    """tokens/s, TFLOP/s per device and MFU (None when the peak is unknown) at a measured step time."""
+    flops = flops_per_step(model, train)
+    per_device = flops / seconds_per_step / num_devices / 1e12
+    peak = peak_tflops(device_kind, train.peak_tflops)
+    return {
+        "tokens_per_s": train.tokens_per_step / seconds_per_step,
+        "tflops_per_device": per_device,
+        "mfu": None if peak is None else per_device / peak,
+    }
+
+
+class MetricWriter:
+    """Appends metric dicts to `<dir>/metrics.jsonl` and TensorBoard scalars (process 0 only)."""
+
+    def __init__(self, directory: str | Path, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.directory = Path(directory)
+        self._jsonl = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.directory / "metrics.jsonl", "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.directory / "tb"))
+
+    def write(self, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: v for k, v in values.items() if v is not None}
+        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"train/{k}", v, int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    """The records of `<dir>/metrics.jsonl`, in order (for tests, benchmarks and reports)."""
+    path = Path(directory) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
