@@ -31,6 +31,28 @@ def _add_convert_hf(sub) -> None:
     p.set_defaults(func=_cmd_convert_hf)
 
 
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from llada_jax.tokenizer import load_tokenizer, train_tokenizer
+
+    files: list[Path] = []
+    for item in args.input:
+        files.extend(sorted(f for f in item.rglob("*") if f.is_file()) if item.is_dir() else [item])
+    out = train_tokenizer(files, args.output, args.vocab_size, model_type=args.model_type)
+    tok = load_tokenizer(out)
+    print(f"trained {out} on {len(files)} file(s): vocab {tok.vocab_size}, bos {tok.bos_id}, eos/pad {tok.eos_id}, "
+          f"mask {tok.mask_id}, eot {tok.eot_id}")
+    return 0
+
+
+def _add_train_tokenizer(sub) -> None:
+    p = sub.add_parser("train-tokenizer", help="train a sentencepiece tokenizer with LLaDA's special tokens reserved")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="text files or directories (one sentence a line)")
+    p.add_argument("--vocab-size", type=int, required=True, help="vocabulary size (upper bound; >= 264)")
+    p.add_argument("--output", type=Path, required=True, help="model prefix: writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    p.set_defaults(func=_cmd_train_tokenizer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LM in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommand registrars, in the order `--help` lists them.
-_SUBCOMMANDS = [_add_convert_hf]
+_SUBCOMMANDS = [_add_convert_hf, _add_train_tokenizer]
 
 
 def main(argv: list[str] | None = None) -> int:
