@@ -343,8 +343,64 @@ class MeshConfig(ConfigBase):
                 raise ConfigError(f"{w}: at most one of {', '.join(group)} may be -1")
 
 
+DATA_FORMATS = ("auto", "text", "jsonl", "arrayrecord")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    """Training data: where documents/rows come from and how they are read (`llada_jax.data`)."""
+
+    files: tuple[str, ...] = ()       # files, directories or glob patterns
+    format: str = "auto"              # one of DATA_FORMATS; auto: by extension (.jsonl, .arrayrecord, else text)
+    text_unit: str = "file"           # text files: a document per "file" or per blank-line "paragraph"
+    text_field: str = "text"          # JSONL (and JSON ArrayRecord) field that holds a document
+    record_format: str = "text"       # ArrayRecord records: utf-8 "text" or "json" objects
+    shuffle: bool = True              # shuffle documents (SFT: rows) by seed, differently each epoch
+    shuffle_window: int = 0           # pretraining: also shuffle packed rows within windows of N (0: off)
+    num_epochs: int | None = None     # None: repeat forever
+    worker_count: int = 0             # Grain worker processes (mp_prefetch); 0: in this process
+    worker_buffer_size: int = 2       # batches buffered per worker
+    read_threads: int = 2             # threads reading and tokenizing documents in each process
+    prefetch_buffer_size: int = 64    # documents buffered by the reading threads
+    chat_template: str = "llada"      # SFT: "llada", "plain", or a format string with {role} and {content}
+    generation_prompt: str = ""       # custom chat template: text after the prompt's messages
+    response_suffix: str = ""         # custom chat template: text after the response, before EOS
+    prompt_field: str = "prompt"      # SFT JSONL fields
+    response_field: str = "response"
+    messages_field: str = "messages"
+    too_long: str = "drop"            # SFT rows longer than seq_len: "drop" or "truncate" (both counted)
+    on_error: str = "raise"           # malformed rows: "raise" (with file:line) or "skip" (counted)
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "DataConfig"
+        for name, options in (("format", DATA_FORMATS), ("text_unit", ("file", "paragraph")),
+                              ("record_format", ("text", "json")), ("too_long", ("drop", "truncate")),
+                              ("on_error", ("raise", "skip"))):
+            v = getattr(self, name)
+            if v not in options:
+                raise ConfigError(f"{w}.{name}: '{v}' is not one of {', '.join(options)}{_did_you_mean(v, options)}")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise ConfigError(f"{w}.num_epochs: must be positive or null (repeat forever), got {self.num_epochs}")
+        for name in ("shuffle_window", "worker_count", "read_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{w}.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("worker_buffer_size", "prefetch_buffer_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        if self.chat_template not in ("llada", "plain") and "{content}" not in self.chat_template:
+            raise ConfigError(f"{w}.chat_template: expected 'llada', 'plain' or a format string containing "
+                              f"{{content}} (and optionally {{role}}), got {self.chat_template!r}")
+        if self.chat_template not in ("llada", "plain"):
+            try:
+                self.chat_template.format(role="user", content="x")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"{w}.chat_template: bad format string {self.chat_template!r} ({e!r}); "
+                                  f"only {{role}} and {{content}} are filled, write literal braces as {{{{ }}}}") from None
+
+
 # Section name -> dataclass. Later modules register their sections here (train, data, mesh).
-SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig, "mesh": MeshConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig, "mesh": MeshConfig,
+                              "data": DataConfig}
 
 
 def _section_of(cls: type) -> str:
