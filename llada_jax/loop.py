@@ -1,0 +1,213 @@
+"""The training loop driver: data in, sharded steps, metrics, checkpoints, preemption.
+
+`run_training(config, dataset)` builds the mesh, resumes from the latest checkpoint in
+`train.checkpoint_dir` (state and data iterator) or starts fresh, then runs the jitted step
+until `train.steps`. Metrics of step n are fetched while step n+1 runs (one step of lag keeps
+the device busy). Every `log_every` steps it writes loss, gradient norm, learning rate,
+tokens/s, TFLOP/s per device and MFU to JSONL and TensorBoard, and updates the progress bar.
+A non-finite step is skipped by the step itself; the loop reports it and stops after
+`max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
+SIGTERM (TPU preemption) saves at the next step boundary and returns status "preempted".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from llada_jax.config import Config
+from llada_jax.metrics import MetricWriter, throughput
+from llada_jax.sharding import host_batch_to_global, make_mesh
+from llada_jax.train import abstract_state, batch_keys, init_state, make_train_step
+from llada_jax.train_checkpoint import TrainCheckpointer
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str                      # "done" | "preempted" | "diverged"
+    step: int                        # optimizer steps completed
+    last_metrics: dict
+    skipped_steps: list[int]
+    resumed_from: int | None
+    state: Any = None                # the final TrainState (on device)
+
+
+class _StopFlag:
+    """Set by SIGTERM; with several processes, the flags are OR-ed across them every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def should_stop(self, step: int) -> bool:
+        # Every process must stop at the same step: any one's SIGTERM stops all.
+        return self._agreed(self.requested) if jax.process_count() > 1 else self.requested
+
+    @staticmethod
+    def _agreed(flag: bool) -> bool:
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+
+
+def _host_batch(batch: dict, config: Config) -> dict:
+    train = config.train
+    rows = train.batch_size // jax.process_count()
+    out = {}
+    for k in batch_keys(train.objective):
+        if k not in batch:
+            raise ValueError(f"data batch has no '{k}' field (has {', '.join(batch)}) for objective {train.objective}")
+        v = np.asarray(batch[k])
+        want = (rows, train.seq_len) if k == "tokens" else (rows,)
+        if v.shape != want:
+            raise ValueError(f"data batch '{k}' has shape {v.shape}, expected {want} "
+                             f"(train.batch_size {train.batch_size} over {jax.process_count()} processes)")
+        out[k] = v
+    return out
+
+
+def _scalars(metrics: dict) -> dict:
+    host = jax.device_get(metrics)
+    return {k: (bool(v) if k == "finite" else int(v) if k == "step" else float(v)) for k, v in host.items()}
+
+
+def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
+                 on_log: Callable[[dict], None] | None = None, initial_params: Any = None) -> RunResult:
+    """Train `config` on `dataset` (a Grain IterDataset of per-process batch dicts) to `train.steps`."""
+    train = config.train
+    mesh = make_mesh(config.mesh) if mesh is None else mesh
+    step_fn = make_train_step(config, mesh)
+    ckpt = TrainCheckpointer(train.checkpoint_dir, config)
+    writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
+    data_iter = iter(dataset)
+    stop = _StopFlag().install()
+    bar = None
+    try:
+        with jax.set_mesh(mesh):
+            resumed = ckpt.latest_step()
+            if resumed is not None:
+                state, data_iter = ckpt.restore(resumed, abstract_state(config, mesh), data_iter)
+            else:
+                state = init_state(config, mesh, initial_params)
+            step = int(jax.device_get(state.step))
+            if progress and jax.process_index() == 0:
+                from tqdm import tqdm
+
+                bar = tqdm(total=train.steps, initial=step, desc=train.objective, unit="step", dynamic_ncols=True)
+            kind = mesh.devices.flat[0].device_kind
+            n_dev = mesh.devices.size
+            skipped: list[int] = []
+            consecutive_bad = 0
+            last: dict = {}
+            window = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+            t_log, steps_at_log = time.perf_counter(), step
+            t_save = time.monotonic()
+            last_saved = resumed
+            pending = None
+            status = "done"
+
+            def consume(m):
+                nonlocal consecutive_bad, last, t_log, steps_at_log
+                vals = _scalars(m)
+                last = vals
+                s = vals["step"] + 1  # metrics of the update that produced step s
+                if not vals["finite"]:
+                    consecutive_bad += 1
+                    skipped.append(s)
+                    writer.write(s, {"skipped": 1.0, "loss": vals["loss"], "grad_norm": vals["grad_norm"]})
+                    if bar is not None:
+                        bar.write(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
+                                  f"update skipped ({consecutive_bad} in a row)")
+                    return
+                consecutive_bad = 0
+                window["loss"] += vals["loss"]
+                window["grad_norm"] += vals["grad_norm"]
+                window["n"] += 1
+                if s % train.log_every == 0 or s == train.steps:
+                    now = time.perf_counter()
+                    dt = (now - t_log) / max(s - steps_at_log, 1)
+                    record = {"loss": window["loss"] / window["n"], "grad_norm": window["grad_norm"] / window["n"],
+                              "lr": vals["lr"], "step_time_s": dt,
+                              **throughput(config.model, train, dt, n_dev, kind)}
+                    writer.write(s, record)
+                    if on_log is not None:
+                        on_log({"step": s, **record})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                        tok_s=f"{record['tokens_per_s']:.0f}",
+                                        **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}))
+                    window.update(loss=0.0, grad_norm=0.0, n=0)
+                    t_log, steps_at_log = now, s
+
+            def flush():
+                nonlocal pending
+                if pending is not None:
+                    consume(pending)
+                    pending = None
+
+            while step < train.steps:
+                batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                flush()
+                pending = metrics
+                if bar is not None:
+                    bar.update(1)
+                if consecutive_bad >= train.max_bad_steps:
+                    status = "diverged"
+                    break
+                preempt = stop.should_stop(step)
+                by_steps = train.checkpoint_every_steps > 0 and step % train.checkpoint_every_steps == 0
+                by_time = train.checkpoint_every_minutes > 0 and _agree(
+                    time.monotonic() - t_save >= 60.0 * train.checkpoint_every_minutes)
+                if preempt or by_steps or by_time or step == train.steps:
+                    flush()
+                    if consecutive_bad >= train.max_bad_steps:
+                        status = "diverged"
+                        break
+                    if consecutive_bad == 0 or preempt:
+                        ckpt.save(step, state, data_iter)
+                        last_saved, t_save = step, time.monotonic()
+                if preempt:
+                    status = "preempted"
+                    break
+            flush()
+            if status == "diverged" and bar is not None:
+                bar.write(f"stopping: {consecutive_bad} consecutive non-finite steps (last good checkpoint: "
+                          f"{last_saved})")
+            ckpt.wait()
+            return RunResult(status, step, last, skipped, resumed, state)
+    finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
+        writer.close()
+        ckpt.close()
+
+
+def _agree(flag: bool) -> bool:
+    """Process 0's decision for every process (wall-clock triggers must not diverge across hosts)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
