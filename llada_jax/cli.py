@@ -61,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_subcommands():
+    from llada_jax.train_cli import TRAIN_SUBCOMMANDS
+
+    return TRAIN_SUBCOMMANDS
+
+
 # Subcommand registrars, in the order `--help` lists them.
-_SUBCOMMANDS = [_add_convert_hf, _add_train_tokenizer]
+_SUBCOMMANDS = [_add_convert_hf, _add_train_tokenizer, *_train_subcommands()]
 
 
 def main(argv: list[str] | None = None) -> int:

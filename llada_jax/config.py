@@ -296,6 +296,7 @@ class TrainConfig(ConfigBase):
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 
+    tokenizer: str | None = None         # sentencepiece .model, tokenizer.json or a directory with one
     def validate(self, where: str | None = None) -> None:
         w = where or "TrainConfig"
         if self.objective not in OBJECTIVES:

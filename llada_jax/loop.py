@@ -107,6 +107,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
             if resumed is not None:
                 state, data_iter = ckpt.restore(resumed, abstract_state(config, mesh), data_iter)
             else:
+                if initial_params is None:
+                    initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
             step = int(jax.device_get(state.step))
             if progress and jax.process_index() == 0:
@@ -211,3 +213,45 @@ def _agree(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def make_dataset(config: Config, tokenizer=None):
+    """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch."""
+    from llada_jax import data
+    from llada_jax.tokenizer import check_tokenizer_matches, load_tokenizer
+
+    train = config.train
+    if tokenizer is None:
+        if not train.tokenizer:
+            raise ValueError("train.tokenizer: no tokenizer given (a sentencepiece .model, tokenizer.json or "
+                             "a directory holding one)")
+        tokenizer = load_tokenizer(train.tokenizer)
+    check_tokenizer_matches(tokenizer, config.model)
+    count = jax.process_count()
+    if train.batch_size % count:
+        raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
+    make = data.make_pretrain_dataset if train.objective == "pretrain" else data.make_sft_dataset
+    return make(config.data, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
+                shard_index=jax.process_index(), shard_count=count)
+
+
+def load_initial_params(config: Config, mesh):
+    """Params of `train.init_from` (params export or HF dir) on `mesh`, refusing another architecture."""
+    from llada_jax.checkpoint import load_model
+    from llada_jax.sharding import param_shardings
+    from llada_jax.train_checkpoint import IncompatibleCheckpointError, arch_differences
+
+    path = config.train.init_from
+    if not path:
+        return None
+    from llada_jax.checkpoint import is_hf_dir, read_config
+
+    saved = None if is_hf_dir(path) else read_config(path).model
+    if saved is not None and arch_differences(saved, config.model):
+        raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(arch_differences(saved, config.model)))
+    cfg, params = load_model(path, shardings=param_shardings(config.model, mesh),
+                             param_dtype=config.model.param_dtype)
+    diffs = arch_differences(cfg, config.model)
+    if diffs:
+        raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(diffs))
+    return params

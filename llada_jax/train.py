@@ -185,8 +185,25 @@ def make_train_step(config: Config, mesh: Mesh):
     shards = state_shardings(config, mesh)
     replicated = NamedSharding(mesh, P())
     step = functools.partial(train_step, model=config.model, train=config.train, mesh=mesh)
-    return jax.jit(step, in_shardings=(shards, batch_shardings(config.train, mesh)),
-                   out_shardings=(shards, replicated), donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(shards, batch_shardings(config.train, mesh)),
+                     out_shardings=(shards, replicated), donate_argnums=(0,))
+    return _OnMesh(jitted, mesh)
+
+
+class _OnMesh:
+    """A jitted function traced, lowered and run with `mesh` set, so the model's logical
+    activation constraints apply (they are no-ops without a mesh in context)."""
+
+    def __init__(self, jitted, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)
 
 
 def abstract_batch(train: TrainConfig, mesh: Mesh) -> dict:
