@@ -218,6 +218,11 @@ class ModelConfig(ConfigBase):
         return float(total * (3 if backward else 1))
 
 
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+THRESHOLD_REMASKING = ("low_confidence", "margin")
+CACHES = (None, "none", "prefix", "dual")  # None and "none": no cache
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleConfig(ConfigBase):
     """Default sampler settings (SPEC section 3); the CLI and sweeps start from these."""
@@ -247,6 +252,15 @@ class SampleConfig(ConfigBase):
             raise ConfigError(f"{w}: temperature and cfg_scale must be >= 0")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"{w}.threshold: {self.threshold} is outside (0, 1]")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"{w}.remasking: '{self.remasking}' is not one of {', '.join(REMASKING)}"
+                              f"{_did_you_mean(self.remasking, REMASKING)}")
+        if self.threshold is not None and self.remasking not in THRESHOLD_REMASKING:
+            raise ConfigError(f"{w}.threshold: needs remasking in {', '.join(THRESHOLD_REMASKING)} (a confidence "
+                              f"in [0, 1]), got '{self.remasking}'")
+        if self.cache not in CACHES:
+            raise ConfigError(f"{w}.cache: '{self.cache}' is not one of none, prefix, dual"
+                              f"{_did_you_mean(str(self.cache), ['prefix', 'dual'])}")
 
 
 OBJECTIVES = ("pretrain", "sft")
@@ -282,6 +296,7 @@ class TrainConfig(ConfigBase):
     random_length_prob: float = 0.01     # pretraining batches cut to U{1..L} (SPEC section 2)
     seed: int = 0
     init_from: str | None = None         # params export or HF directory to start from (SFT)
+    tokenizer: str | None = None         # sentencepiece .model, tokenizer.json or a directory with one
     checkpoint_dir: str = "runs/train"
     checkpoint_every_steps: int = 500    # 0: never by step count
     checkpoint_every_minutes: float = 0.0  # 0: never by wall time
@@ -296,7 +311,6 @@ class TrainConfig(ConfigBase):
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 
-    tokenizer: str | None = None         # sentencepiece .model, tokenizer.json or a directory with one
     def validate(self, where: str | None = None) -> None:
         w = where or "TrainConfig"
         if self.objective not in OBJECTIVES:
