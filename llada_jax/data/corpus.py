@@ -26,15 +26,15 @@ def default_corpus_text() -> str:
 
 
 def write_default_corpus(directory: str | os.PathLike) -> list[Path]:
-    """Write one `<topic>.txt` file per topic (a document per file) into `directory`; returns the paths.
+    """Write one `NNN_<topic>.txt` file per topic (a document per file, in topic order); returns the paths.
 
     Existing files with the same content are left alone, so a second call is cheap.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in default_corpus_topics().items():
-        path = out / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".txt")
+    for i, (name, text) in enumerate(default_corpus_topics().items()):
+        path = out / f"{i:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.txt"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
         paths.append(path)
