@@ -15,7 +15,7 @@ import numpy as np
 
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
 from llada_jax.data.pipeline import check_pipeline_args, shard_shuffle_repeat, to_iter, worker_prefetch
-from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, read_range, scan_jsonl
+from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +54,27 @@ def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, s
                         f"{shard_count} process shards")
     tokens, offsets, prompt_lengths = [], [0], []
     dropped = truncated = 0
-    for path, offset, length in index[shard_index::shard_count]:
-        messages, response = parse_sft_row(json.loads(read_range(path, offset, length)), data_cfg)
-        prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
-        row = prompt + answer + [tokenizer.eos_id]
-        if len(row) > seq_len:
-            if data_cfg.too_long == "drop" or len(prompt) >= seq_len:
-                dropped += 1
-                continue
-            row = row[:seq_len]
-            truncated += 1
-        tokens.append(np.asarray(row, np.int32))
-        offsets.append(offsets[-1] + len(row))
-        prompt_lengths.append(len(prompt))
+    files: dict = {}
+    try:
+        for path, offset, length in index[shard_index::shard_count]:
+            if path not in files:
+                files[path] = open(path, "rb")
+            files[path].seek(offset)
+            messages, response = parse_sft_row(json.loads(files[path].read(length)), data_cfg)
+            prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
+            row = prompt + answer + [tokenizer.eos_id]
+            if len(row) > seq_len:
+                if data_cfg.too_long == "drop" or len(prompt) >= seq_len:
+                    dropped += 1
+                    continue
+                row = row[:seq_len]
+                truncated += 1
+            tokens.append(np.asarray(row, np.int32))
+            offsets.append(offsets[-1] + len(row))
+            prompt_lengths.append(len(prompt))
+    finally:
+        for f in files.values():
+            f.close()
     stats.add(rows=len(prompt_lengths), dropped=dropped, truncated=truncated)
     if not prompt_lengths:
         raise DataError(f"no SFT rows fit seq_len {seq_len} in this shard ({dropped} dropped as too long)")

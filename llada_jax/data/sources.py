@@ -172,10 +172,9 @@ class _RangeSource:
 
 def text_source(path: Path, unit: str, stats: DataStats) -> _RangeSource:
     """A text file as one document (`unit='file'`) or one per blank-line-separated paragraph."""
-    size = path.stat().st_size
     if unit == "file":
-        with open(path, "rb") as f:
-            blank = not f.read(1 << 16).strip() and size <= 1 << 16
+        size = path.stat().st_size
+        blank = size < 1 << 16 and not path.read_bytes().strip()  # (a big file is taken to hold text)
         if blank:
             stats.add(empty=1)
         ranges = [] if blank else [(0, size)]
