@@ -67,8 +67,21 @@ def _train_subcommands():
     return TRAIN_SUBCOMMANDS
 
 
+def _eval_subcommands():
+    from llada_jax.eval_cli import EVAL_SUBCOMMANDS
+
+    return EVAL_SUBCOMMANDS
+
+
+def _generate_subcommands():
+    from llada_jax.generate_cli import GENERATE_SUBCOMMANDS
+
+    return GENERATE_SUBCOMMANDS
+
+
 # Subcommand registrars, in the order `--help` lists them.
-_SUBCOMMANDS = [_add_convert_hf, _add_train_tokenizer, *_train_subcommands()]
+_SUBCOMMANDS = [_add_convert_hf, _add_train_tokenizer, *_train_subcommands(), *_eval_subcommands(),
+                *_generate_subcommands()]
 
 
 def main(argv: list[str] | None = None) -> int:
