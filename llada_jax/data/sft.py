@@ -41,26 +41,30 @@ def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, s
     cut to `seq_len` when the prompt leaves room for at least one response token.
     """
     stats = stats if stats is not None else DataStats()
-    index = []  # (path, offsets, lengths) of valid rows
-    for path in expand_files(data_cfg.files):
+    paths = expand_files(data_cfg.files)
+    file_ids, starts, sizes = [], [], []  # where each valid row is: file index, byte offset, byte length
+    for k, path in enumerate(paths):
         if file_format(path, data_cfg.format) != "jsonl":
             raise DataError(f"{path}: SFT data must be JSONL (got format '{file_format(path, data_cfg.format)}')")
-        offsets, lengths, _ = scan_jsonl(path, lambda obj: bool(parse_sft_row(obj, data_cfg)), data_cfg.on_error,
+        offsets, lengths = scan_jsonl(path, lambda obj: bool(parse_sft_row(obj, data_cfg)), data_cfg.on_error,
                                          stats)
-        index.extend((path, int(o), int(n)) for o, n in zip(offsets, lengths))
-    stats.add(documents=len(index))
-    if len(index) < shard_count:
-        raise DataError(f"{len(index)} SFT rows in data.files {list(data_cfg.files)} cannot be split into "
+        file_ids.append(np.full(len(offsets), k, np.int32))
+        starts.append(offsets)
+        sizes.append(lengths)
+    file_ids, starts, sizes = (np.concatenate(a) for a in (file_ids, starts, sizes))
+    stats.add(documents=len(starts))
+    if len(starts) < shard_count:
+        raise DataError(f"{len(starts)} SFT rows in data.files {list(data_cfg.files)} cannot be split into "
                         f"{shard_count} process shards")
     tokens, offsets, prompt_lengths = [], [0], []
     dropped = truncated = 0
     files: dict = {}
     try:
-        for path, offset, length in index[shard_index::shard_count]:
-            if path not in files:
-                files[path] = open(path, "rb")
-            files[path].seek(offset)
-            messages, response = parse_sft_row(json.loads(files[path].read(length)), data_cfg)
+        for k, offset, length in zip(*(a[shard_index::shard_count] for a in (file_ids, starts, sizes))):
+            if k not in files:
+                files[k] = open(paths[k], "rb")
+            files[k].seek(offset)
+            messages, response = parse_sft_row(json.loads(files[k].read(length)), data_cfg)
             prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
             row = prompt + answer + [tokenizer.eos_id]
             if len(row) > seq_len:

@@ -101,14 +101,14 @@ def file_format(path: Path, fmt: str) -> str:
 
 
 def scan_jsonl(path: Path, check: Callable[[Any], bool], on_error: str, stats: DataStats
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Offsets, lengths and 1-based line numbers of the valid, non-blank lines of a JSONL file.
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets and lengths of the valid, non-blank lines of a JSONL file.
 
     `check(obj)` raises ValueError for a row that is valid JSON but not what the caller needs,
     and returns False for a valid but empty row (left out, counted as `empty`).
     A bad line raises DataError `path:line: reason`, or is skipped and counted (on_error='skip').
     """
-    offsets, lengths, lines = [], [], []
+    offsets, lengths = [], []
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -127,8 +127,7 @@ def scan_jsonl(path: Path, check: Callable[[Any], bool], on_error: str, stats: D
                 continue
             offsets.append(start)
             lengths.append(len(raw))
-            lines.append(lineno)
-    return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), np.asarray(lines, np.int64)
+    return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
 
 
 def _reason(e: Exception) -> str:
@@ -196,7 +195,7 @@ def text_source(path: Path, unit: str, stats: DataStats) -> _RangeSource:
 
 def jsonl_source(path: Path, field: str, on_error: str, stats: DataStats) -> _RangeSource:
     """One document per JSONL line, the string in `field`; lines with an empty string are left out."""
-    offsets, lengths, _ = scan_jsonl(path, lambda obj: bool(text_field_of(obj, field).strip()), on_error, stats)
+    offsets, lengths = scan_jsonl(path, lambda obj: bool(text_field_of(obj, field).strip()), on_error, stats)
     return _RangeSource(path, offsets, lengths, functools.partial(_decode_json_field, field=field))
 
 
