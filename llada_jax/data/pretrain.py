@@ -34,6 +34,8 @@ def make_pretrain_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *,
     `seq_len`; rows are optionally shuffled in windows of `data_cfg.shuffle_window`. The
     iterator's `get_state`/`set_state` (and Grain's Orbax `CheckpointSave`) resume exactly.
     `stats` (optional) receives the counts of documents, empty and skipped rows.
+    With a finite `num_epochs`, processes may see different numbers of batches (shards hold
+    different token counts): multi-host runs should train a fixed number of steps instead.
     """
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
     docs = open_documents(data_cfg, stats)
