@@ -4,6 +4,7 @@ from llada_jax.config import ConfigError, ModelConfig, SampleConfig, load_config
 from llada_jax.diffusion import forward_process, pretrain_loss, sft_forward_process, sft_loss
 from llada_jax.model import forward, init_params
 from llada_jax.hf import load_hf_checkpoint, save_hf_checkpoint
+from llada_jax.sampling import GenerateResult, generate, generate_with_stats
 from llada_jax.tokenizer import check_tokenizer_matches, load_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"

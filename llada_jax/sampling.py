@@ -97,6 +97,29 @@ def trajectory_from(tokens, write_step, model_calls: int, mask_id: int) -> np.nd
     return np.where(write_step[None] <= t, tokens[None], mask_id).astype(np.int32)
 
 
+def format_trajectory(trajectory, decode, mask_id: int, *, mark: str = "░",
+                      specials: dict[int, str] | None = None) -> list[str]:
+    """One string per step of a single row's trajectory [T, G]: runs of written tokens decoded
+    with `decode(ids) -> str`, each still-masked position shown as `mark`, ids in `specials`
+    (e.g. EOS) shown by their label."""
+    specials = specials or {}
+    lines = []
+    for state in np.asarray(trajectory):
+        parts, run = [], []
+        for tok in state.tolist():
+            if tok == mask_id or tok in specials:
+                if run:
+                    parts.append(decode(run))
+                    run = []
+                parts.append(mark if tok == mask_id else specials[tok])
+            else:
+                run.append(tok)
+        if run:
+            parts.append(decode(run))
+        lines.append("".join(parts))
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------
 # One step: proposal, confidence, selection
 

@@ -1,0 +1,108 @@
+"""`llada-jax generate`: sample answers from a checkpoint, optionally showing every unmasking step.
+
+Thin: parse, load the tokenizer and the checkpoint (a llada-jax export or a HF LLaDA
+directory), encode (left-padded batch), call the sampler, print. Registered in
+`cli._SUBCOMMANDS` through `GENERATE_SUBCOMMANDS`. Model, tokenizer and sampler flags are
+shared with the eval commands (`eval_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+MASK_MARK = "░"
+
+
+def _known(ids, vocab_size: int) -> list[int]:
+    """Ids the tokenizer can decode: a model's embedding may be larger than its tokenizer's vocabulary."""
+    return [int(i) for i in ids if int(i) < vocab_size]
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist")
+        lines = args.prompt_file.read_text().splitlines()
+        prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("give --prompt TEXT or --prompt-file FILE (one prompt a line)")
+    return prompts
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from llada_jax.checkpoint import load_model
+    from llada_jax.eval_cli import _base_sample, _mesh, _tokenizer
+    from llada_jax.evaluate import decode_answer, encode_prompts, generate_answers, place_params
+    from llada_jax.sampling import format_trajectory, generate_with_stats, make_plan
+    from llada_jax.tokenizer import check_tokenizer_matches
+
+    texts = _read_prompts(args)
+    sample = _base_sample(args.checkpoint, args)
+    tokenizer = _tokenizer(args)
+    cfg, params = load_model(args.checkpoint)
+    check_tokenizer_matches(tokenizer, cfg)
+    prompts = encode_prompts(tokenizer, texts, chat=args.chat, pad_id=cfg.pad_token_id)
+    options = dict(steps=sample.steps, gen_length=sample.gen_length, block_length=sample.block_length,
+                   temperature=sample.temperature, cfg_scale=sample.cfg_scale, remasking=sample.remasking,
+                   logits_eos_inf=sample.logits_eos_inf, confidence_eos_eot_inf=sample.confidence_eos_eot_inf,
+                   threshold=sample.threshold, cache=sample.cache)
+    # Validate the sampler settings for these shapes before any compilation.
+    make_plan(cfg, prompts.ids.shape, prompts.mask.shape, key=jax.random.key(args.seed), **options)
+    stops = (cfg.eos_token_id, cfg.eot_token_id)
+    p = prompts.ids.shape[1]
+    t0 = time.perf_counter()
+    if args.show_steps:
+        result = generate_with_stats(params, cfg, prompts.ids, prompts.mask, key=jax.random.key(args.seed),
+                                     return_trajectory=True, **options)
+        tokens, calls = np.asarray(result.tokens)[:, p:], int(result.model_calls)
+        specials = {int(i): f"<{int(i)}>" for i in np.unique(result.trajectory) if i >= tokenizer.vocab_size}
+        specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
+        for row, text in enumerate(texts):
+            if len(texts) > 1:
+                print(f"### prompt {row + 1}: {text}")
+            lines = format_trajectory(result.trajectory[:, row, p:], tokenizer.decode, cfg.mask_token_id,
+                                      mark=MASK_MARK, specials=specials)
+            width = len(str(len(lines)))
+            for step, line in enumerate(lines):
+                print(f"step {step + 1:>{width}}/{len(lines)}: {line}")
+            print(f"answer: {decode_answer(tokenizer, _known(tokens[row], tokenizer.vocab_size), stops)}")
+    else:
+        mesh = _mesh(args.mesh)
+        run = generate_answers(place_params(params, cfg, mesh), cfg, prompts, sample, batch_size=args.batch_size,
+                               seed=args.seed, mesh=mesh, warmup=False)
+        tokens, calls = run.tokens, run.model_calls
+        for row, text in enumerate(texts):
+            answer = decode_answer(tokenizer, _known(tokens[row], tokenizer.vocab_size), stops)
+            print(f"### prompt {row + 1}: {text}\n{answer}" if len(texts) > 1 else answer)
+    seconds = time.perf_counter() - t0
+    stats = {"prompts": len(texts), "gen_length": sample.gen_length, "model_calls": calls,
+             "seconds_incl_compile": round(seconds, 3), "sample": sample.to_dict()}
+    print(json.dumps(stats), file=sys.stderr)
+    return 0
+
+
+def _add_generate(sub) -> None:
+    from llada_jax.eval_cli import _add_model_flags, _add_sampler_flags
+
+    p = sub.add_parser("generate", help="sample answers by iterative unmasking (optionally showing each step)")
+    _add_model_flags(p)
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--prompt-file", type=Path, default=None, help="one prompt a line, run as left-padded batches")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template (Instruct models)")
+    _add_sampler_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (temperature > 0, random remasking)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler call")
+    p.add_argument("--show-steps", action="store_true",
+                   help=f"print the answer after every step, masked positions as {MASK_MARK}")
+    p.set_defaults(func=_cmd_generate)
+
+
+GENERATE_SUBCOMMANDS = [_add_generate]
