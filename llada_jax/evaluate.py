@@ -111,14 +111,18 @@ def encode_prompts(tokenizer, texts: Sequence[str], *, chat: bool = True, pad_id
 
 
 def decode_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
-    """Text of the generated ids before the first stop id (EOS / end-of-turn)."""
+    """Text of the generated ids before the first stop id (EOS / end-of-turn).
+
+    Ids past the tokenizer's vocabulary (a model's embedding may be padded larger) have no
+    text and are dropped.
+    """
     ids = [int(i) for i in ids]
     stops = set(int(s) for s in stop_ids)
     for n, i in enumerate(ids):
         if i in stops:
             ids = ids[:n]
             break
-    return tokenizer.decode(ids).strip()
+    return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size]).strip()
 
 
 def place_params(params: Any, cfg: ModelConfig, mesh=None):
