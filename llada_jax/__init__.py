@@ -8,6 +8,5 @@ from llada_jax.sampling import GenerateResult, generate, generate_with_stats
 from llada_jax.tokenizer import check_tokenizer_matches, load_tokenizer, train_tokenizer
 from llada_jax.likelihood import log_likelihood, log_likelihood_batch
 from llada_jax.tasks import load_task
-from llada_jax.evaluate import evaluate
 
 __version__ = "0.1.0"

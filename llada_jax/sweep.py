@@ -25,10 +25,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from llada_jax.config import ConfigError, SampleConfig, _coerce
+from llada_jax.config import CACHES, REMASKING, ConfigError, SampleConfig, _coerce
 
-REMASKING = ("low_confidence", "random", "margin", "entropy")
-CACHES = (None, "prefix", "dual")
 SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 RUN_FIELDS = ("task", "num_examples", "seed", "batch_size", "chat")
 METRICS = ("accuracy", "model_calls", "tokens_per_s", "seconds", "compile_seconds")
