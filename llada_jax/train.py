@@ -179,9 +179,25 @@ def batch_shardings(train: TrainConfig, mesh: Mesh) -> dict:
     return {k: batch_sharding(mesh, 2 if k == "tokens" else 1) for k in batch_keys(train.objective)}
 
 
+# TrainConfig fields that do not change the compiled step (bookkeeping of the loop around it).
+_LOOP_ONLY_FIELDS = ("seed", "init_from", "tokenizer", "checkpoint_dir", "checkpoint_every_steps",
+                     "checkpoint_every_minutes", "max_to_keep", "async_checkpointing", "log_every", "tensorboard",
+                     "max_bad_steps", "peak_tflops")
+
+
 def make_train_step(config: Config, mesh: Mesh):
-    """`train_step` jitted with the state/batch shardings of `mesh`, donating the old state."""
+    """`train_step` jitted with the state/batch shardings of `mesh`, donating the old state.
+
+    Runs that differ only in loop bookkeeping (run directory, logging, ...) share one compiled step.
+    """
     check_batch_size(config.train, mesh)
+    defaults = TrainConfig()
+    train = config.train.replace(**{f: getattr(defaults, f) for f in _LOOP_ONLY_FIELDS})
+    return _make_train_step(config.replace(train=train), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train_step(config: Config, mesh: Mesh):
     shards = state_shardings(config, mesh)
     replicated = NamedSharding(mesh, P())
     step = functools.partial(train_step, model=config.model, train=config.train, mesh=mesh)

@@ -41,11 +41,11 @@ def _shape_differences(saved_tree, target_tree) -> list[str]:
     saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]
              if hasattr(m, "shape")}
     target = {jax.tree_util.keystr(p): tuple(s.shape) for p, s in jax.tree_util.tree_flatten_with_path(target_tree)[0]}
-    out = [f"{k}: missing from checkpoint" for k in target if k not in saved and k.replace("'", "") not in saved]
+    out = [f"params{k}: missing from checkpoint" for k in target if k not in saved]
     for k, shape in target.items():
         other = saved.get(k)
         if other is not None and other != shape:
-            out.append(f"{k}: checkpoint shape {other}, config shape {shape}")
+            out.append(f"params{k}: checkpoint shape {other}, config shape {shape}")
     return out
 
 
@@ -88,10 +88,9 @@ class TrainCheckpointer:
             problems += arch_differences(saved.model, self.config.model)
         if not problems:
             meta = self.manager.item_metadata(step)
-            tree = getattr(meta.get("state") if hasattr(meta, "get") else meta["state"], "tree", None)
-            if tree is not None:
-                target = {f: getattr(target_state, f) for f in target_state._fields}
-                problems += _shape_differences(tree, target)
+            tree = getattr(meta["state"], "tree", None) if meta is not None else None
+            if isinstance(tree, dict) and "params" in tree:
+                problems += _shape_differences(tree["params"], target_state.params)
         if problems:
             raise IncompatibleCheckpointError(
                 f"{self.directory} step {step} does not match this config: " + "; ".join(problems[:10])
