@@ -132,10 +132,12 @@ def _propose(logits, masked, keys, temperature, plan: Plan, cfg: ModelConfig):
     gumbel_key, rand_key = (None, None) if keys is None else keys
     if plan.sample:
         u = jax.random.uniform(gumbel_key, logits.shape, jnp.float64)
-        noisy = jnp.exp(logits.astype(jnp.float64)) / (-jnp.log(u)) ** temperature
-        x0 = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+        scores = jnp.exp(logits.astype(jnp.float64)) / (-jnp.log(u)) ** temperature
     else:
-        x0 = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        scores = logits
+    # The mask id is never a candidate: the release could "write" it and leave the position masked
+    # (a trained LLaDA never predicts it; an untrained model can, and a block would never finish).
+    x0 = jnp.argmax(scores.at[..., cfg.mask_token_id].set(-jnp.inf), axis=-1).astype(jnp.int32)
     if plan.confidence_eos_eot_inf:
         # Release: `logits_with_noise[..., EOS] = logits[..., EOT] = -inf`. At temperature 0 the
         # noisy logits ARE the logits (same tensor), so EOS is removed from the softmax as well.
@@ -235,8 +237,8 @@ def _sampler_body(params, prompt, prompt_mask, key, temperature, cfg_scale, thre
         if plan.use_threshold:
             x, ws, cache = step(x, ws, start, None, True, calls, None)
 
-            def cond(c):
-                return block_has_masks(c[0], start)
+            def cond(c):  # every step writes >= 1 token a row: at most K steps (the cap only guards)
+                return block_has_masks(c[0], start) & (c[2] < calls + k_len)
 
             def body(c):
                 x, ws, calls, cache = c

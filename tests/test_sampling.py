@@ -134,6 +134,8 @@ def reference_generate(params, cfg, prompt, attention_mask=None, *, steps, gen_l
                 if temperature == 0 and remasking != "random":
                     gaps = top2[j, chosen - lo, 1] - top2[j, chosen - lo, 0]
                     assert np.all(gaps > tie_tol), f"near-tie in argmax at step {call}"
+                # The sampler never proposes the mask id (see sampling._propose); the release would.
+                assert not np.any(x0[j, chosen] == mask_id), "the release would write a mask id here"
                 checked += len(chosen)
                 x[j, chosen] = x0[j, chosen]
             call += 1
@@ -351,3 +353,19 @@ def test_bad_prompt_fails_before_compiling(tiny_cfg, params, prompts, monkeypatc
         generate(params, tiny_cfg, prompts[0], np.ones((2, 3), bool), **kw)
     with pytest.raises(ValueError, match="prompt must be"):
         generate(params, tiny_cfg, np.ones((4,), np.int32), **kw)
+
+
+def test_mask_id_is_never_written(tiny_cfg, params, prompts):
+    """A model whose argmax is often the mask id still fills every position (and terminates)."""
+    prompt, mask = prompts
+    head = params["ff_out"].at[:, tiny_cfg.mask_token_id].multiply(3.0)
+    weights = {**params, "ff_out": head}
+    kw = dict(steps=G, gen_length=G, block_length=8)
+    from llada_jax.model import forward as fwd
+    x = np.concatenate([prompt, np.full((2, G), tiny_cfg.mask_token_id, np.int32)], axis=1)
+    assert (np.asarray(fwd(weights, tiny_cfg, x, np.concatenate([mask, np.ones((2, G), bool)], 1))).argmax(-1)[:, P:]
+            == tiny_cfg.mask_token_id).any()
+    for extra in (dict(), dict(threshold=0.3)):
+        r = generate_with_stats(weights, tiny_cfg, prompt, mask, **kw, **extra)
+        assert not (np.asarray(r.tokens)[:, P:] == tiny_cfg.mask_token_id).any()
+        assert int(r.model_calls) <= G
