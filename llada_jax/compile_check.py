@@ -20,8 +20,13 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 
 def topology_devices(topology: str, num_slices: int = 1):
     """The devices of a TPU topology such as 'v5p:4x4x4' or 'v5e:4x4' (needs libtpu)."""
+    import os
+
     from jax.experimental import topologies
 
+    # Only compiling: do not take libtpu's one-process-per-host lock (a training job or another
+    # compile-check may hold it).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if ":" not in topology:
         raise ValueError(f"topology '{topology}': expected <chip>:<shape>, e.g. v5p:4x4x4 or v5e:4x4")
     try:

@@ -13,6 +13,7 @@ when training is complete, goes straight to sampling). Lines meant for the user 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,21 +25,24 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.y
 def render(ids: Sequence[int], tokenizer, mask_id: int, mask_glyph: str = "_") -> str:
     """Text of `ids` piece by piece, every masked position shown as `mask_glyph`."""
     specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
-    out = []
+    out = bytearray()
     for i in ids:
         i = int(i)
         if i == mask_id:
-            out.append(mask_glyph)
+            out += mask_glyph.encode()
         elif i not in specials:
-            out.append(tokenizer.id_to_piece(i).replace("\u2581", " "))
-    return "".join(out)
+            piece = tokenizer.id_to_piece(i)
+            byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)  # sentencepiece byte fallback
+            out += bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode()
+    return out.decode("utf-8", errors="replace")
 
 
 def unmasking_frames(trajectory: np.ndarray, tokenizer, mask_id: int, prompt_len: int, frames: int = 6) -> list[str]:
     """A few snapshots of row 0's generated part, from all masked to the final text."""
     calls = trajectory.shape[0]
     picks = sorted({0, *np.linspace(0, calls - 1, frames).round().astype(int).tolist()})
-    return [f"step {c + 1:3d}/{calls}: " + render(trajectory[c, 0, prompt_len:], tokenizer, mask_id) for c in picks]
+    return [f"step {c + 1:3d}/{calls}: " + render(trajectory[c, 0, prompt_len:], tokenizer, mask_id).replace("\n", "\u23ce")
+            for c in picks]
 
 
 def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None = None,

@@ -77,12 +77,17 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
     """A `Mesh` with axes (data, fsdp, tensor), Auto axis types, over `devices` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
     slices = _num_slices(devices)
+    by_process = False
+    if slices == 1 and (mesh_cfg.dcn_data, mesh_cfg.dcn_fsdp, mesh_cfg.dcn_tensor) != (1, 1, 1):
+        # GPU clusters have no TPU slices: the DCN axes then run across processes (hosts).
+        slices, by_process = len({d.process_index for d in devices}), True
     ici, dcn = mesh_shape(mesh_cfg, len(devices), slices)
     types = (AxisType.Auto,) * len(MESH_AXES)
     if slices > 1:
         from jax.experimental import mesh_utils
 
-        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process,
+                                                    allow_split_physical_axes=True)
         return Mesh(grid, MESH_AXES, axis_types=types)
     shape = tuple(i * d for i, d in zip(ici, dcn))
     try:

@@ -160,7 +160,7 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
             loss = loss_sum / accum
             grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, state.params)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     lr = wsd_schedule(train)(_schedule_count(state.opt_state))
 
