@@ -148,3 +148,17 @@ def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
         ckpt.close()
     skipped = [r for r in read_metrics(tmp_path) if r.get("skipped")]
     assert [r["step"] for r in skipped] == result.skipped_steps
+
+
+def test_init_from_export_and_refusal(reference, tmp_path):
+    from llada_jax.loop import load_initial_params
+
+    run_dir, _, ref_params = reference
+    out = export_checkpoint(run_dir, tmp_path / "export")
+    config = worker_config(tmp_path / "sft", STEPS)
+    config = config.replace(train=config.train.replace(objective="sft", init_from=str(out)))
+    params = load_initial_params(config, worker_mesh())
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, ref_params)
+    other = config.replace(model=config.model.replace(mlp_hidden_size=128))
+    with pytest.raises(IncompatibleCheckpointError, match="mlp_hidden_size: checkpoint 256, config 128"):
+        load_initial_params(other, worker_mesh())
