@@ -8,5 +8,10 @@ from llada_jax.sampling import GenerateResult, generate, generate_with_stats
 from llada_jax.tokenizer import check_tokenizer_matches, load_tokenizer, train_tokenizer
 from llada_jax.likelihood import log_likelihood, log_likelihood_batch
 from llada_jax.tasks import load_task
+from llada_jax.config import MeshConfig, TrainConfig
+from llada_jax.sharding import make_mesh, param_shardings
+from llada_jax.train import TrainState, init_state, make_train_step
+from llada_jax.loop import run_training
+from llada_jax.train_checkpoint import export_checkpoint
 
 __version__ = "0.1.0"
