@@ -234,30 +234,36 @@ def _sampler_body(params, prompt, prompt_mask, key, temperature, cfg_scale, thre
     def run_block(x, ws, calls, blk):
         start = p + blk * k_len
         cached = plan.cache is not None
+        # With a cache the block's first call fills it (full forward) and later calls recompute a
+        # window; without one every call is the same full forward, so all of them sit in the loop.
+        first = 1 if cached else 0
         if plan.use_threshold:
-            x, ws, cache = step(x, ws, start, None, True, calls, None)
+            cache = None
+            if cached:
+                x, ws, cache = step(x, ws, start, None, True, calls, None)
 
             def cond(c):  # every step writes >= 1 token a row: at most K steps (the cap only guards)
                 return block_has_masks(c[0], start) & (c[2] < calls + k_len)
 
             def body(c):
-                x, ws, calls, cache = c
-                x, ws, cache = step(x, ws, start, cache if cached else None, False, calls, None)
-                return x, ws, calls + 1, cache
+                x, ws, n, cache = c
+                x, ws, cache = step(x, ws, start, cache, not cached, n, None)
+                return x, ws, n + 1, cache
 
-            x, ws, calls, _ = jax.lax.while_loop(cond, body, (x, ws, calls + 1, cache))
+            x, ws, calls, _ = jax.lax.while_loop(cond, body, (x, ws, calls + first, cache))
             return x, ws, calls
         counts = transfer_counts(jax.lax.dynamic_slice_in_dim(x, start, k_len, axis=1) == mask_id, s)
-        first_call = calls
-        x, ws, cache = step(x, ws, start, None, True, first_call, counts[:, 0])
+        cache = None
+        if cached:
+            x, ws, cache = step(x, ws, start, None, True, calls, counts[:, 0])
 
         def body(c, i):
             x, ws, cache = c
-            x, ws, cache = step(x, ws, start, cache if cached else None, False, first_call + i, counts[:, i])
+            x, ws, cache = step(x, ws, start, cache, not cached, calls + i, counts[:, i])
             return (x, ws, cache), None
 
-        if s > 1:
-            (x, ws, cache), _ = jax.lax.scan(body, (x, ws, cache), jnp.arange(1, s, dtype=jnp.int32))
+        if s > first:
+            (x, ws, cache), _ = jax.lax.scan(body, (x, ws, cache), jnp.arange(first, s, dtype=jnp.int32))
         return x, ws, calls + s
 
     calls = jnp.int32(0)

@@ -247,7 +247,9 @@ def test_threshold_decoding(tiny_cfg, params, prompts):
             steps_used = np.unique(ws[row, cols])
             assert np.array_equal(steps_used, np.arange(steps_used.min(), steps_used.max() + 1))
     # The same compiled sampler at threshold 1.0: one token a step, as the schedule with steps = G.
+    compiled = sampling._sampler._cache_size()
     r1 = generate_with_stats(params, tiny_cfg, prompt, mask, threshold=1.0, **kw)
+    assert sampling._sampler._cache_size() == compiled  # threshold is traced: no recompilation
     assert int(r1.model_calls) == G
     counts1, _ = _writes_per_step(r1, P)
     assert np.all(counts1 == 1)
