@@ -24,7 +24,7 @@ import yaml
 from llada_jax.tasks import load_task
 
 EVAL_SEED, EVAL_EXAMPLES = 0, 64
-TASK_OPTIONS = dict(min_len=3, max_len=6)
+TASK_OPTIONS = dict(min_len=4, max_len=5)
 
 
 def run(cmd: list[str]) -> float:
@@ -57,15 +57,24 @@ def main() -> int:
     ap.add_argument("--train-examples", type=int, default=20000, help="per direction")
     ap.add_argument("--grid", nargs="+", default=["steps=4,8,16", "block_length=4,16",
                                                    "remasking=low_confidence,random"])
+    ap.add_argument("--min-len", type=int, default=4, help="digits per sequence, at least")
+    ap.add_argument("--max-len", type=int, default=5, help="digits per sequence, at most")
+    ap.add_argument("--learning-rate", type=float, default=2e-3)
+    ap.add_argument("--init-from", type=Path, default=None, help="continue from this export (same tokenizer)")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="reuse this sentencepiece model")
     ap.add_argument("--docs", type=Path, default=None, help="copy the sweep table and plots here")
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("llada-jax"))
     wd = args.workdir.absolute()
     wd.mkdir(parents=True, exist_ok=True)
+    TASK_OPTIONS.update(min_len=args.min_len, max_len=args.max_len)
+    task_flags = [f"--task-option=min_len={args.min_len}", f"--task-option=max_len={args.max_len}"]
     times = {}
 
     data = write_data(wd, args.train_examples)
     tok = wd / "tok.model"
+    if args.tokenizer is not None and not tok.is_file():
+        shutil.copy(args.tokenizer, tok)
     if not tok.is_file():
         times["tokenizer_s"] = run([exe, "train-tokenizer", "--input", str(wd / "corpus.txt"), "--vocab-size", "300",
                                     "--output", str(wd / "tok")])
@@ -74,10 +83,10 @@ def main() -> int:
                   "mlp_hidden_size": 384, "rope_theta": 10000.0, "max_seq_len": 64, "mask_token_id": 3,
                   "bos_token_id": 1, "eos_token_id": 2, "eot_token_id": 4, "pad_token_id": 2, "dtype": "float32"},
         "train": {"objective": "sft", "steps": args.steps, "batch_size": 64, "seq_len": 48,
-                  "learning_rate": 2e-3, "final_learning_rate": 2e-4, "warmup_steps": min(50, args.steps // 10),
+                  "learning_rate": args.learning_rate, "final_learning_rate": args.learning_rate / 10, "warmup_steps": min(50, args.steps // 10),
                   "decay_steps": args.steps // 3, "weight_decay": 0.01, "tokenizer": str(tok),
                   "checkpoint_dir": str(wd / "run"), "checkpoint_every_steps": 500, "log_every": 50,
-                  "tensorboard": False},
+                  "tensorboard": False, "init_from": str(args.init_from.absolute()) if args.init_from else None},
         "data": {"files": [str(data)], "format": "jsonl"},
         "sample": {"gen_length": 16, "steps": 16, "block_length": 16},
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
@@ -93,10 +102,10 @@ def main() -> int:
     for name in ("copy", "reverse"):
         times[f"eval_{name}_s"] = run([exe, "eval", "--checkpoint", str(export), "--task", name, "--num-examples",
                                        str(EVAL_EXAMPLES), "--seed", str(EVAL_SEED), "--batch-size", "64",
-                                       "--output", str(wd / f"eval_{name}.json")])
+                                       "--output", str(wd / f"eval_{name}.json"), *task_flags])
     times["sweep_s"] = run([exe, "sweep", "--checkpoint", str(export), "--task", "reverse", "--num-examples",
                             str(EVAL_EXAMPLES), "--seed", str(EVAL_SEED), "--batch-size", "64", "--no-progress",
-                            "--out", str(wd / "sweep"), "--grid", *args.grid])
+                            "--out", str(wd / "sweep"), *task_flags, "--grid", *args.grid])
     if args.docs:
         args.docs.mkdir(parents=True, exist_ok=True)
         for f in ("results.md", "accuracy_vs_model_calls.png", "accuracy_vs_tokens_per_s.png"):

@@ -29,6 +29,8 @@ def _add_task_flags(p) -> None:
     p.add_argument("--task", required=True, choices=TASK_NAMES, metavar="NAME", help=", ".join(TASK_NAMES))
     p.add_argument("--task-file", type=Path, default=None, help="JSON/JSONL file of the file tasks")
     p.add_argument("--scorer", choices=("exact", "numeric"), default=None, help="override the task's scorer")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=INT",
+                   help="generator option of a synthetic task, e.g. min_len=4 (repeatable)")
     p.add_argument("--num-examples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="examples and sampling seed")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
@@ -86,8 +88,15 @@ def _mesh(choice: str):
 def _task(args):
     from llada_jax.tasks import load_task
 
+    options = {}
+    for item in args.task_option:
+        key, _, value = item.partition("=")
+        try:
+            options[key.strip()] = int(value)
+        except ValueError:
+            raise ValueError(f"--task-option {item!r}: expected KEY=INTEGER") from None
     return load_task(args.task, num_examples=args.num_examples, seed=args.seed, path=args.task_file,
-                     scorer=args.scorer)
+                     scorer=args.scorer, **options)
 
 
 def _load(args):

@@ -129,7 +129,8 @@ def test_bad_grid_and_context_rejected_before_compiling(setup, tiny_cfg, tiny_pa
 def test_cli_eval_and_errors(setup, capsys):
     d, _, ckpt = setup
     code = main(["eval", "--checkpoint", str(ckpt), "--task", "copy", "--num-examples", "4", "--batch-size", "4",
-                 "--gen-length", "8", "--steps", "4", "--block-length", "4", "--output", str(d / "eval.json")])
+                 "--gen-length", "8", "--steps", "4", "--block-length", "4", "--output", str(d / "eval.json"),
+                 "--task-option", "min_len=3", "--task-option", "max_len=3"])
     out = capsys.readouterr().out
     assert code == 0 and "copy: accuracy" in out and "4.0 model calls/answer" in out
     assert (d / "eval.json").is_file()
@@ -137,6 +138,8 @@ def test_cli_eval_and_errors(setup, capsys):
     code = main(["sweep", "--checkpoint", str(d / "missing"), "--task", "copy", "--grid", "stepz=2",
                  "--out", str(d / "x")])
     assert code == 2 and "did you mean 'steps'" in capsys.readouterr().err
+    code = main(["eval", "--checkpoint", str(ckpt), "--task", "copy", "--task-option", "min_len=x"])
+    assert code == 2 and "expected KEY=INTEGER" in capsys.readouterr().err
     code = main(["eval", "--checkpoint", str(ckpt), "--task", "jsonl", "--task-file", str(d / "nope.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and "task file" in err and "nope.jsonl does not exist" in err
