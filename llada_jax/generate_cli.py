@@ -17,11 +17,6 @@ from pathlib import Path
 MASK_MARK = "░"
 
 
-def _known(ids, vocab_size: int) -> list[int]:
-    """Ids the tokenizer can decode: a model's embedding may be larger than its tokenizer's vocabulary."""
-    return [int(i) for i in ids if int(i) < vocab_size]
-
-
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file is not None:
@@ -73,14 +68,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             width = len(str(len(lines)))
             for step, line in enumerate(lines):
                 print(f"step {step + 1:>{width}}/{len(lines)}: {line}")
-            print(f"answer: {decode_answer(tokenizer, _known(tokens[row], tokenizer.vocab_size), stops)}")
+            print(f"answer: {decode_answer(tokenizer, tokens[row], stops)}")
     else:
         mesh = _mesh(args.mesh)
         run = generate_answers(place_params(params, cfg, mesh), cfg, prompts, sample, batch_size=args.batch_size,
                                seed=args.seed, mesh=mesh, warmup=False)
         tokens, calls = run.tokens, run.model_calls
         for row, text in enumerate(texts):
-            answer = decode_answer(tokenizer, _known(tokens[row], tokenizer.vocab_size), stops)
+            answer = decode_answer(tokenizer, tokens[row], stops)
             print(f"### prompt {row + 1}: {text}\n{answer}" if len(texts) > 1 else answer)
     seconds = time.perf_counter() - t0
     stats = {"prompts": len(texts), "gen_length": sample.gen_length, "model_calls": calls,

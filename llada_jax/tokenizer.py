@@ -69,9 +69,13 @@ class Tokenizer:
         return self._encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids` with the special tokens dropped."""
+        """Text of `ids` with the special tokens dropped.
+
+        Ids past the tokenizer's vocabulary are dropped too: a model's embedding may be larger
+        than its tokenizer (LLaDA-8B's is), and an untrained model can produce them.
+        """
         specials = self.special_ids
-        return self._decode([int(i) for i in ids if int(i) not in specials])
+        return self._decode([int(i) for i in ids if int(i) not in specials and 0 <= int(i) < self.vocab_size])
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """BOS + LLaDA's chat template of `messages` (+ the assistant header) as ids."""

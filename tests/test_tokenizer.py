@@ -56,6 +56,8 @@ def test_sentencepiece_round_trip(sp_tok, text):
 def test_decode_drops_specials_and_pickles(sp_tok):
     ids = [sp_tok.bos_id] + sp_tok.encode("abc") + [sp_tok.eot_id, sp_tok.mask_id, sp_tok.eos_id, sp_tok.eos_id]
     assert sp_tok.decode(ids) == "abc"
+    # Ids past the tokenizer's vocabulary (a larger model embedding) are dropped, not an error.
+    assert sp_tok.decode(sp_tok.encode("ab") + [sp_tok.vocab_size, sp_tok.vocab_size + 7]) == "ab"
     assert sp_tok.encode("a<|mdm_mask|>b") == sp_tok.encode("a") + [3] + sp_tok.encode("b")
     clone = pickle.loads(pickle.dumps(sp_tok))
     assert clone.encode(TEXTS[0]) == sp_tok.encode(TEXTS[0]) and clone.mask_id == 3
