@@ -104,8 +104,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  temporaries  {m['temporaries'] / gib:8.2f} GiB",
         f"  code         {m['code'] / gib:8.2f} GiB",
         f"  total        {m['total'] / gib:8.2f} GiB of {hbm} HBM: {verdict}",
-        f"FLOPs per step: model {r['flops_per_step_model']:.3e} (global), "
-        f"XLA {r['flops_per_step_xla_per_chip']:.3e} per chip",
+        f"FLOPs per step: model {r['flops_per_step_model']:.3e} (global, "
+        f"{r['flops_per_step_model'] / r['num_devices']:.3e} per chip); XLA cost analysis "
+        f"{r['flops_per_step_xla_per_chip']:.3e} per chip (counts a scanned layer's body once)",
         "collectives: " + (", ".join(f"{k} x{v}" for k, v in r["collectives"].items()) or "none"),
     ]
     return "\n".join(lines)
