@@ -5,13 +5,14 @@
 #   export TPU_NAME=llada-v5p ZONE=us-east5-a PROJECT=my-project ACCELERATOR=v5p-128
 #   launch/tpu_pod.sh create                 # create the slice, or reuse it if it exists
 #   launch/tpu_pod.sh setup                  # copy this checkout to every worker, pip install '.[tpu]'
-#   launch/tpu_pod.sh run pretrain --config configs/llada-8b-v5p-pod.yaml data.files=[gs://b/corpus/*.jsonl] \
+#   launch/tpu_pod.sh run pretrain --distributed on --config configs/llada-8b-v5p-pod.yaml data.files=[gs://b/corpus/*.jsonl] \
 #       train.tokenizer=gs://b/tokenizer.json train.checkpoint_dir=gs://b/runs/8b
 #   launch/tpu_pod.sh logs                   # last lines of every worker's log
 #   launch/tpu_pod.sh stop | delete
 #
 # `run` starts the job detached (nohup) on every worker, logging to ~/llada-logs/<worker>.log.
-# jax.distributed is initialised automatically on a pod (no coordinator flags). Re-running the
+# `--distributed on` starts jax.distributed on every worker (JAX finds the pod's workers through
+# the TPU VM metadata; no coordinator flags). Re-running the
 # same `run` command after a preemption resumes from the latest checkpoint in checkpoint_dir
 # (use a gs:// bucket so every worker and the next slice see it).
 set -euo pipefail

@@ -37,12 +37,16 @@ def detected_launcher() -> str | None:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, cpu_collectives: str = "gloo", local_device_ids=None) -> dict:
+               *, mode: str = "auto", cpu_collectives: str = "gloo", local_device_ids=None) -> dict:
     """Start `jax.distributed` if this run is multi-process; returns a summary of what was done.
 
-    Explicit arguments take precedence; without them a known launcher is auto-detected. A
-    partial set of explicit arguments is an error that names what is missing.
+    Explicit arguments take precedence; without them `mode` decides: "auto" starts it when a
+    known launcher is detected, "on" always (JAX then finds a Cloud TPU pod's workers through
+    the VM metadata), "off" never. A partial set of explicit arguments is an error that names
+    what is missing.
     """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"distributed mode '{mode}' is not one of auto, on, off")
     explicit = [coordinator, num_processes, process_id]
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
@@ -58,7 +62,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                    process_id=process_id, local_device_ids=local_device_ids)
         mode = "explicit"
     else:
-        launcher = detected_launcher()
+        launcher = detected_launcher() if mode == "auto" else ("forced" if mode == "on" else None)
         if launcher is None:
             return {"mode": "single", "process_index": 0, "process_count": 1}
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)

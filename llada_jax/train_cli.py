@@ -20,12 +20,15 @@ def _add_distributed_flags(p) -> None:
     g.add_argument("--coordinator", default=None, help="host:port of process 0, for an explicit multi-process start")
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="start jax.distributed: auto (SLURM, TPU env vars detected), on (e.g. on every worker of a "
+                        "Cloud TPU pod), off")
 
 
 def _cmd_train(args: argparse.Namespace, objective: str) -> int:
     from llada_jax.distributed import initialize
 
-    info = initialize(args.coordinator, args.num_processes, args.process_id)
+    info = initialize(args.coordinator, args.num_processes, args.process_id, mode=args.distributed)
     import jax
 
     from llada_jax.config import load_config

@@ -34,6 +34,9 @@ def test_explicit_flags_must_be_complete():
     with pytest.raises(ValueError, match="outside"):
         initialize("localhost:1234", 2, 5)
     assert initialize("localhost:1234", 1, 0)["process_count"] == 1
+    assert initialize(mode="off")["mode"] == "single"
+    with pytest.raises(ValueError, match="not one of auto, on, off"):
+        initialize(mode="yes")
 
 
 def _free_port() -> int:
