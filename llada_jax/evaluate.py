@@ -100,7 +100,11 @@ def encode_prompts(tokenizer, texts: Sequence[str], *, chat: bool = True, pad_id
     """Encode and left-pad to the longest prompt rounded up to `multiple` (fewer distinct shapes)."""
     if not len(texts):
         raise ValueError("encode_prompts: no prompts")
-    rows = [encode_prompt(tokenizer, t, chat) for t in texts]
+    return left_pad([encode_prompt(tokenizer, t, chat) for t in texts], pad_id, multiple)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> EncodedPrompts:
+    """Token rows left-padded with `pad_id` to the longest rounded up to `multiple`, with the mask of real tokens."""
     length = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = np.full((len(rows), length), pad_id, np.int32)
     mask = np.zeros((len(rows), length), bool)

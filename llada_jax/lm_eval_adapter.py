@@ -33,22 +33,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("llada_jax.lm_eval_adapter needs lm-eval 0.4.x: pip install 'llada-jax[eval]'") from e
 
 from llada_jax.config import SampleConfig
-from llada_jax.evaluate import decode_answer
+from llada_jax.evaluate import decode_answer, left_pad
 from llada_jax.likelihood import log_likelihood_batch
 from llada_jax.sampling import generate_with_stats
 
 _SAMPLE_ARGS = ("gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "threshold", "cache",
                 "logits_eos_inf", "confidence_eos_eot_inf")
 
-
-def _left_pad(rows: list[list[int]], pad_id: int, multiple: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    length = -(-max(len(r) for r in rows) // multiple) * multiple
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r):] = r
-        mask[i, length - len(r):] = True
-    return ids, mask
 
 
 @register_model("llada_jax")
@@ -145,7 +136,8 @@ class LladaJaxLM(LM):
         for length, idx in by_length.items():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                ids, mask = _left_pad([pairs[i][0] for i in chunk], self.cfg.pad_token_id)
+                padded = left_pad([pairs[i][0] for i in chunk], self.cfg.pad_token_id, multiple=32)
+                ids, mask = padded.ids, padded.mask
                 res = generate_with_stats(self.params, self.cfg, ids, mask, steps=length, gen_length=length,
                                           block_length=length, cfg_scale=self.sample.cfg_scale)
                 got = np.asarray(res.tokens)[:, ids.shape[1]:]
@@ -163,7 +155,8 @@ class LladaJaxLM(LM):
         results: list[str] = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start:start + self.batch_size]
-            ids, mask = _left_pad([self._encode(r.args[0]) for r in chunk], self.cfg.pad_token_id)
+            padded = left_pad([self._encode(r.args[0]) for r in chunk], self.cfg.pad_token_id, multiple=32)
+            ids, mask = padded.ids, padded.mask
             res = generate_with_stats(
                 self.params, self.cfg, ids, mask, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
                 temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
