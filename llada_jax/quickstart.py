@@ -22,7 +22,7 @@ import numpy as np
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
-def render(ids: Sequence[int], tokenizer, mask_id: int, mask_glyph: str = "_") -> str:
+def render(ids: Sequence[int], tokenizer, mask_id: int, mask_glyph: str = "\u2591") -> str:
     """Text of `ids` piece by piece, every masked position shown as `mask_glyph`."""
     specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
     out = bytearray()

@@ -17,10 +17,10 @@ class _Tok:
 
 
 def test_render_and_frames_show_the_unmasking():
-    assert render([1, 10, 3, 11, 12, 2], _Tok(), mask_id=3) == " a_b\n"
+    assert render([1, 10, 3, 11, 12, 2], _Tok(), mask_id=3) == " a\u2591b\n"
     traj = np.array([[[1, 3, 3, 3]], [[1, 10, 3, 3]], [[1, 10, 11, 12]]])  # [calls, B, L]
     frames = unmasking_frames(traj, _Tok(), mask_id=3, prompt_len=1, frames=3)
-    assert frames == ["step   1/3: ___", "step   2/3:  a__", "step   3/3:  ab\u23ce"]
+    assert frames == ["step   1/3: \u2591\u2591\u2591", "step   2/3:  a\u2591\u2591", "step   3/3:  ab\u23ce"]
 
 
 def test_quickstart_trains_samples_and_resumes(tmp_path):
