@@ -148,3 +148,15 @@ def test_loss_falls_on_small_corpus(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["tflops_per_device"] > 0 for r in logs)
     assert list((tmp_path / "tb").iterdir())  # TensorBoard events written
     assert (tmp_path / "80").is_dir()  # the final step is checkpointed
+
+
+def test_bf16_compute_keeps_float32_master_params():
+    config = _config("model.dtype=bfloat16", "model.remat_policy=dots_no_batch", "train.grad_accum=2")
+    mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    state = init_state(config, mesh)
+    before = np.asarray(state.params["layers"]["q_proj"])
+    state, m = make_train_step(config, mesh)(state, _batches(1)[0])
+    assert bool(m["finite"]) and 4.0 < float(m["loss"]) < 12.0
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+    assert not np.array_equal(np.asarray(state.params["layers"]["q_proj"]), before)
