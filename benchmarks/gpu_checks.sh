@@ -8,11 +8,12 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_checks}"; mkdir -p "$OUT"
+PY="${PYTHON:-python}"   # the GPU image has jax in its system python
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" XLA_PYTHON_CLIENT_MEM_FRACTION=.92
-python -c "import jax; print(jax.__version__, jax.devices())"
+"$PY" -c "import jax; print(jax.__version__, jax.devices())"
 part() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>&1 | grep -v Warning | tee "$OUT/$name.txt" | tail -25; }
-part forward_8b 120 python benchmarks/forward.py --config configs/llada-8b.yaml --batch 1 8 --length 320 --iters 10
-part sampler_8b_b1 150 python benchmarks/sampler.py --config llada-8b --batch 1 --modes exact,dual,threshold+dual --repeats 1
-part sampler_8b_b8 90 python benchmarks/sampler.py --config llada-8b --batch 8 --modes exact --repeats 1
-part sampler_1b_b1 90 python benchmarks/sampler.py --config llada-1b --batch 1 --modes exact,prefix,dual,threshold --repeats 2
-part train_1b 120 python benchmarks/train_step.py --config configs/llada-1b.yaml --steps 5 train.seq_len=2048 train.batch_size=8
+part forward_8b 120 "$PY" benchmarks/forward.py --config configs/llada-8b.yaml --batch 1 8 --length 320 --iters 10
+part sampler_8b_b1 150 "$PY" benchmarks/sampler.py --config llada-8b --batch 1 --modes exact,dual,threshold+dual --repeats 1
+part sampler_8b_b8 90 "$PY" benchmarks/sampler.py --config llada-8b --batch 8 --modes exact --repeats 1
+part sampler_1b_b1 90 "$PY" benchmarks/sampler.py --config llada-1b --batch 1 --modes exact,prefix,dual,threshold --repeats 2
+part train_1b 120 "$PY" benchmarks/train_step.py --config configs/llada-1b.yaml --steps 5 train.seq_len=2048 train.batch_size=8
