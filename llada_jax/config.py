@@ -1,145 +1,23 @@
-"""Frozen, validated configuration dataclasses and their YAML loading.
-
-Every config is a frozen dataclass (hashable, so it can be a static argument of a jitted
-function). Configs are built from plain dicts with `from_dict`, which rejects unknown keys
-with a did-you-mean hint and converts values to the declared field types; `validate` then
-checks the cross-field rules and names the offending field.
+"""The run's configuration: the frozen sections (model, sample, train, mesh, data) and YAML loading.
 
 A YAML file holds one mapping per section (`model:`, `sample:`, ... as registered in
 `SECTIONS`); a file without sections is read as a model config. Overrides are dotted
-`section.key=value` strings, with values parsed as YAML scalars.
+`section.key=value` strings (a bare model key is accepted), with values parsed as YAML
+scalars. Sections missing from the file take their defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from llada_jax.config_base import ConfigBase, ConfigError, did_you_mean
 
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or inconsistent."""
-
-
-def _did_you_mean(name: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        last_error = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as e:
-                last_error = e
-        raise last_error or ConfigError(f"{where}: cannot use {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(
-                f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
-                + (_did_you_mean(str(value), [str(a) for a in args]) if isinstance(value, str) else "")
-            )
-        return value
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    if annotation is Any:
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(as_float)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-class ConfigBase:
-    """Shared `from_dict` / `to_dict` / `replace` for the frozen config dataclasses."""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
-        where = where or cls.__name__
-        data = dict(data or {})
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = [k for k in data if k not in fields]
-        if unknown:
-            k = unknown[0]
-            raise ConfigError(f"{where}: unknown key '{k}'{_did_you_mean(k, list(fields))}")
-        kwargs = {}
-        for name, value in data.items():
-            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
-        missing = [
-            n for n, f in fields.items()
-            if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
-        obj = cls(**kwargs)
-        obj.validate(where)
-        return obj
-
-    def validate(self, where: str | None = None) -> None:  # overridden where there are rules
-        return None
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    def replace(self, **changes):
-        """A validated copy with `changes` applied (unknown names are rejected)."""
-        merged = self.to_dict()
-        merged.update(changes)
-        return type(self).from_dict(merged)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()):
-        """Load this config's section of a YAML file (see `load_config`)."""
-        section = _section_of(cls)
-        return getattr(load_config(path, overrides), section)
+__all__ = ["ConfigError", "ModelConfig", "SampleConfig", "TrainConfig", "MeshConfig", "DataConfig", "Config",
+           "SECTIONS", "load_config", "config_from_dict", "section_of"]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -178,10 +56,8 @@ class ModelConfig(ConfigBase):
 
     def validate(self, where: str | None = None) -> None:
         w = where or "ModelConfig"
-        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "max_seq_len")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        self.check_positive(w, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
+                            "max_seq_len")
         if self.d_model % self.n_heads:
             raise ConfigError(f"{w}.d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2:
@@ -196,9 +72,7 @@ class ModelConfig(ConfigBase):
             raise ConfigError(f"{w}: rope_theta and rms_norm_eps must be positive")
         for name, options in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
                               ("attention_impl", ATTENTION_IMPLS)):
-            v = getattr(self, name)
-            if v not in options:
-                raise ConfigError(f"{w}.{name}: '{v}' is not one of {', '.join(options)}{_did_you_mean(v, options)}")
+            self.check_choice(w, name, options)
 
     def num_params(self) -> int:
         """Parameter count (embeddings and head included)."""
@@ -240,9 +114,7 @@ class SampleConfig(ConfigBase):
 
     def validate(self, where: str | None = None) -> None:
         w = where or "SampleConfig"
-        for name in ("gen_length", "steps", "block_length"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        self.check_positive(w, "gen_length", "steps", "block_length")
         if self.gen_length % self.block_length:
             raise ConfigError(f"{w}.gen_length: {self.gen_length} is not divisible by block_length={self.block_length}")
         blocks = self.gen_length // self.block_length
@@ -252,15 +124,13 @@ class SampleConfig(ConfigBase):
             raise ConfigError(f"{w}: temperature and cfg_scale must be >= 0")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"{w}.threshold: {self.threshold} is outside (0, 1]")
-        if self.remasking not in REMASKING:
-            raise ConfigError(f"{w}.remasking: '{self.remasking}' is not one of {', '.join(REMASKING)}"
-                              f"{_did_you_mean(self.remasking, REMASKING)}")
+        self.check_choice(w, "remasking", REMASKING)
         if self.threshold is not None and self.remasking not in THRESHOLD_REMASKING:
             raise ConfigError(f"{w}.threshold: needs remasking in {', '.join(THRESHOLD_REMASKING)} (a confidence "
                               f"in [0, 1]), got '{self.remasking}'")
         if self.cache not in CACHES:
             raise ConfigError(f"{w}.cache: '{self.cache}' is not one of none, prefix, dual"
-                              f"{_did_you_mean(str(self.cache), ['prefix', 'dual'])}")
+                              f"{did_you_mean(str(self.cache), ['prefix', 'dual'])}")
 
 
 OBJECTIVES = ("pretrain", "sft")
@@ -313,18 +183,12 @@ class TrainConfig(ConfigBase):
 
     def validate(self, where: str | None = None) -> None:
         w = where or "TrainConfig"
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"{w}.objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}"
-                              f"{_did_you_mean(self.objective, OBJECTIVES)}")
-        if self.decay_shape not in DECAY_SHAPES:
-            raise ConfigError(f"{w}.decay_shape: '{self.decay_shape}' is not one of {', '.join(DECAY_SHAPES)}")
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "max_to_keep", "max_bad_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "decay_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
-                     "weight_decay", "grad_clip", "learning_rate", "final_learning_rate"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{w}.{name}: must be >= 0, got {getattr(self, name)}")
+        self.check_choice(w, "objective", OBJECTIVES)
+        self.check_choice(w, "decay_shape", DECAY_SHAPES)
+        self.check_positive(w, "steps", "batch_size", "seq_len", "grad_accum", "log_every", "max_to_keep",
+                            "max_bad_steps")
+        self.check_nonnegative(w, "warmup_steps", "decay_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
+                               "weight_decay", "grad_clip", "learning_rate", "final_learning_rate")
         if self.warmup_steps + self.decay_steps > self.steps:
             raise ConfigError(f"{w}: warmup_steps + decay_steps = {self.warmup_steps + self.decay_steps} "
                               f"exceeds steps={self.steps}")
@@ -332,8 +196,8 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"{w}.batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         if not 0.0 <= self.random_length_prob <= 1.0 or not 0.0 < self.noise_eps < 1.0:
             raise ConfigError(f"{w}: random_length_prob must be in [0, 1] and noise_eps in (0, 1)")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ConfigError(f"{w}.peak_tflops: must be positive, got {self.peak_tflops}")
+        if self.peak_tflops is not None:
+            self.check_positive(w, "peak_tflops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,17 +255,11 @@ class DataConfig(ConfigBase):
         for name, options in (("format", DATA_FORMATS), ("text_unit", ("file", "paragraph")),
                               ("record_format", ("text", "json")), ("too_long", ("drop", "truncate")),
                               ("on_error", ("raise", "skip"))):
-            v = getattr(self, name)
-            if v not in options:
-                raise ConfigError(f"{w}.{name}: '{v}' is not one of {', '.join(options)}{_did_you_mean(v, options)}")
+            self.check_choice(w, name, options)
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise ConfigError(f"{w}.num_epochs: must be positive or null (repeat forever), got {self.num_epochs}")
-        for name in ("shuffle_window", "worker_count", "read_threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{w}.{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("worker_buffer_size", "prefetch_buffer_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{w}.{name}: must be positive, got {getattr(self, name)}")
+        self.check_nonnegative(w, "shuffle_window", "worker_count", "read_threads")
+        self.check_positive(w, "worker_buffer_size", "prefetch_buffer_size")
         if self.chat_template not in ("llada", "plain") and "{content}" not in self.chat_template:
             raise ConfigError(f"{w}.chat_template: expected 'llada', 'plain' or a format string containing "
                               f"{{content}} (and optionally {{role}}), got {self.chat_template!r}")
@@ -413,12 +271,13 @@ class DataConfig(ConfigBase):
                                   f"only {{role}} and {{content}} are filled, write literal braces as {{{{ }}}}") from None
 
 
-# Section name -> dataclass. Later modules register their sections here (train, data, mesh).
+# Section name -> dataclass: the sections a config file may hold.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig, "mesh": MeshConfig,
                               "data": DataConfig}
 
 
-def _section_of(cls: type) -> str:
+def section_of(cls: type) -> str:
+    """The section name under which `cls` is registered in `SECTIONS`."""
     for name, c in SECTIONS.items():
         if c is cls:
             return name
@@ -436,25 +295,27 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _raw_sections(path: str | Path | None, overrides: Sequence[str]) -> dict[str, dict]:
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        with open(p) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        # Sectioned when any top-level value is a mapping; a flat file is a model config.
-        sectioned = any(k in SECTIONS or isinstance(v, dict) for k, v in loaded.items())
-        raw = loaded if sectioned else {"model": loaded}
-    sections = {k: dict(v or {}) for k, v in raw.items()}
-    for k, v in raw.items():
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    with open(p) as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    # Sectioned when any top-level value is a mapping; a flat file is a model config.
+    sectioned = any(k in SECTIONS or isinstance(v, dict) for k, v in loaded.items())
+    return loaded if sectioned else {"model": loaded}
+
+
+def _build(data: Mapping[str, Any], overrides: Sequence[str], where: str, prefix: str) -> "Config":
+    """Check the section names, apply the overrides, and build every section (defaults where absent)."""
+    for k, v in data.items():
         if k not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section '{k}'{_did_you_mean(k, list(SECTIONS))}")
-        if v is not None and not isinstance(v, dict):
-            raise ConfigError(f"{path}: section '{k}' must be a mapping")
+            raise ConfigError(f"{where}: unknown section '{k}'{did_you_mean(k, list(SECTIONS))}")
+        if v is not None and not isinstance(v, Mapping):
+            raise ConfigError(f"{where}: section '{k}' must be a mapping")
+    sections = {k: dict(v or {}) for k, v in data.items()}
     for item in overrides:
         parts, value = _parse_override(item)
         if parts[0] not in SECTIONS:
@@ -463,12 +324,13 @@ def _raw_sections(path: str | Path | None, overrides: Sequence[str]) -> dict[str
                 parts = ["model"] + parts
             else:
                 raise ConfigError(
-                    f"override '{item}': unknown section '{parts[0]}'{_did_you_mean(parts[0], list(SECTIONS))}"
+                    f"override '{item}': unknown section '{parts[0]}'{did_you_mean(parts[0], list(SECTIONS))}"
                 )
         if len(parts) != 2:
             raise ConfigError(f"override '{item}': expected section.key=value")
         sections.setdefault(parts[0], {})[parts[1]] = value
-    return sections
+    return Config(tuple((name, cls.from_dict(sections.get(name), where=f"{prefix}{name}"))
+                        for name, cls in SECTIONS.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,7 +343,7 @@ class Config:
         for k, v in object.__getattribute__(self, "sections"):
             if k == name:
                 return v
-        raise AttributeError(f"config has no section '{name}'{_did_you_mean(name, list(SECTIONS))}")
+        raise AttributeError(f"config has no section '{name}'{did_you_mean(name, list(SECTIONS))}")
 
     def to_dict(self) -> dict:
         return {k: v.to_dict() for k, v in self.sections}
@@ -497,22 +359,11 @@ class Config:
 
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """Build a full `Config` from a dict of sections (as written by `Config.to_dict`)."""
-    sections = {k: dict(v or {}) for k, v in data.items()}
-    for k in sections:
-        if k not in SECTIONS:
-            raise ConfigError(f"unknown section '{k}'{_did_you_mean(k, list(SECTIONS))}")
-    for item in overrides:
-        parts, value = _parse_override(item)
-        if len(parts) != 2 or parts[0] not in SECTIONS:
-            raise ConfigError(f"override '{item}': expected section.key=value with a known section")
-        sections.setdefault(parts[0], {})[parts[1]] = value
-    built = tuple((name, cls.from_dict(sections.get(name), where=name)) for name, cls in SECTIONS.items())
-    return Config(built)
+    return _build(data, overrides, "config", "")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (sections as in `SECTIONS`) and apply dotted `key=value` overrides."""
-    sections = _raw_sections(path, overrides)
+    data = _read_yaml(path) if path is not None else {}
     where = str(path) if path else "config"
-    built = tuple((name, cls.from_dict(sections.get(name), where=f"{where}:{name}")) for name, cls in SECTIONS.items())
-    return Config(built)
+    return _build(data, overrides, where, f"{where}:")

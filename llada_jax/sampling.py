@@ -22,7 +22,6 @@ the params by the model's logical rules (`sharding.param_shardings`), call under
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import Any, NamedTuple
 

@@ -25,7 +25,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from llada_jax.config import CACHES, REMASKING, ConfigError, SampleConfig, _coerce
+from llada_jax.config import CACHES, REMASKING, ConfigError, SampleConfig
+from llada_jax.config_base import coerce
 
 SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 RUN_FIELDS = ("task", "num_examples", "seed", "batch_size", "chat")
@@ -46,7 +47,7 @@ def _coerce_value(name: str, raw) -> Any:
         if optional:
             return None
         raise ConfigError(f"grid {name}: 'none' is not allowed (it is not optional)")
-    value = _coerce(raw, hint, f"grid {name}")
+    value = coerce(raw, hint, f"grid {name}")
     if name == "remasking" and value not in REMASKING:
         close = difflib.get_close_matches(str(value), REMASKING, n=1)
         hint_txt = f" (did you mean '{close[0]}'?)" if close else ""

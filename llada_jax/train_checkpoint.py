@@ -15,7 +15,6 @@ from the config is refused with the list of what differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jax
 import yaml

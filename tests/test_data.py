@@ -140,7 +140,7 @@ def test_malformed_jsonl_raises_with_file_line_or_skips(tmp_path, tok):
     assert list(docs) == ["good one", "fine"] and stats.skipped == 3
     g = tmp_path / "bad2.jsonl"
     g.write_text('{"text": "a"}\n{"body": "x"}\n')
-    with pytest.raises(DataError, match=rf"bad2.jsonl:2: no 'text' field"):
+    with pytest.raises(DataError, match=r"bad2.jsonl:2: no 'text' field"):
         open_documents(cfg([g]))
 
 

@@ -65,8 +65,8 @@ def test_two_by_two_sweep_writes_files_and_resumes(setup, tiny_cfg, tiny_params,
     out = d / "sweep_out"
     grid = ["steps=2,4", "threshold=none,0.9"]
     seen = []
-    rows = run_sweep(tiny_params, tiny_cfg, tok, task, grid, out, base=BASE, batch_size=4,
-                     on_cell=lambda row, i, n: seen.append((i, n)))
+    run_sweep(tiny_params, tiny_cfg, tok, task, grid, out, base=BASE, batch_size=4,
+              on_cell=lambda row, i, n: seen.append((i, n)))
     assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
     table = _read_csv(out / CSV_NAME)
     assert list(table[0]) == list(COLUMNS) and len(table) == 4
