@@ -32,11 +32,10 @@ def _add_convert_hf(sub) -> None:
 
 
 def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from llada_jax.data.sources import expand_files
     from llada_jax.tokenizer import load_tokenizer, train_tokenizer
 
-    files: list[Path] = []
-    for item in args.input:
-        files.extend(sorted(f for f in item.rglob("*") if f.is_file()) if item.is_dir() else [item])
+    files = expand_files(args.input)
     out = train_tokenizer(files, args.output, args.vocab_size, model_type=args.model_type)
     tok = load_tokenizer(out)
     print(f"trained {out} on {len(files)} file(s): vocab {tok.vocab_size}, bos {tok.bos_id}, eos/pad {tok.eos_id}, "

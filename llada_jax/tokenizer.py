@@ -75,7 +75,8 @@ class Tokenizer:
         than its tokenizer (LLaDA-8B's is), and an untrained model can produce them.
         """
         specials = self.special_ids
-        return self._decode([int(i) for i in ids if int(i) not in specials and 0 <= int(i) < self.vocab_size])
+        ids = [int(i) for i in ids]
+        return self._decode([i for i in ids if i not in specials and 0 <= i < self.vocab_size])
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """BOS + LLaDA's chat template of `messages` (+ the assistant header) as ids."""
@@ -260,8 +261,7 @@ def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.P
     )
     out = prefix.with_name(prefix.name + ".model")
     tok = SentencePieceTokenizer(out)
-    got = {"bos": tok.bos_id, "eos": tok.eos_id, "mask": tok.mask_id, "eot": tok.eot_id,
-           "header_start": tok.header_start_id, "header_end": tok.header_end_id}
+    got = {k: getattr(tok, f"{k}_id") for k in RESERVED_IDS if k != "unk"}
     wrong = {k: v for k, v in got.items() if v != RESERVED_IDS[k]}
     if wrong:  # sentencepiece changed its id assignment: refuse rather than train a mismatched model
         raise RuntimeError(f"train_tokenizer: reserved ids not where expected: {wrong}")

@@ -1,4 +1,4 @@
-"""Grain stages shared by the pretraining and SFT pipelines: shard, shuffle, repeat, read, prefetch."""
+"""Grain stages of the pretraining and SFT pipelines: shard, shuffle, repeat, read, prefetch."""
 
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ def check_pipeline_args(seq_len: int, batch_size: int, seed: int, shard_index: i
         raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
 
 
-def shard_shuffle_repeat(ds: grain.MapDataset, data_cfg, *, seed: int, shard_index: int, shard_count: int,
-                         what: str) -> grain.MapDataset:
-    """This process's strided shard of `ds`, shuffled by `seed` (anew each epoch), repeated."""
+def shard(ds: grain.MapDataset, *, shard_index: int, shard_count: int, what: str) -> grain.MapDataset:
+    """This process's strided shard of `ds`."""
     if len(ds) < shard_count:
         raise ValueError(f"{len(ds)} {what} cannot be split into {shard_count} process shards")
-    ds = ds[shard_index::shard_count]
+    return ds[shard_index::shard_count]
+
+
+def shuffle_repeat(ds: grain.MapDataset, data_cfg, *, seed: int) -> grain.MapDataset:
+    """`ds` shuffled by `seed` (anew each epoch) when `data_cfg.shuffle`, repeated `num_epochs` times."""
     if data_cfg.shuffle:
         ds = ds.shuffle(seed)
     return ds.repeat(data_cfg.num_epochs)

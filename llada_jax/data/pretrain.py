@@ -6,7 +6,7 @@ import grain
 import numpy as np
 
 from llada_jax.data.packing import PackIterDataset
-from llada_jax.data.pipeline import check_pipeline_args, shard_shuffle_repeat, stack_tokens, to_iter, worker_prefetch
+from llada_jax.data.pipeline import check_pipeline_args, shard, shuffle_repeat, stack_tokens, to_iter, worker_prefetch
 from llada_jax.data.sources import DataStats, open_documents
 
 
@@ -39,8 +39,8 @@ def make_pretrain_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *,
     """
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
     docs = open_documents(data_cfg, stats)
-    ds = shard_shuffle_repeat(grain.MapDataset.source(docs), data_cfg, seed=seed, shard_index=shard_index,
-                              shard_count=shard_count, what="documents")
+    ds = shard(grain.MapDataset.source(docs), shard_index=shard_index, shard_count=shard_count, what="documents")
+    ds = shuffle_repeat(ds, data_cfg, seed=seed)
     rows = PackIterDataset(to_iter(ds.map(TokenizeDocument(tokenizer)), data_cfg), seq_len)
     if data_cfg.shuffle_window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=data_cfg.shuffle_window, seed=seed)

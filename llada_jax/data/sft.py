@@ -1,20 +1,19 @@
 """The SFT pipeline: JSONL rows -> prompt + response + EOS, EOS-padded to `seq_len` -> batches.
 
-Rows are indexed and validated in every process (a malformed row stops with file:line, or is
-skipped and counted), split into per-process shards, then this process's rows are tokenized
-once, up front, so the counts of dropped and truncated rows are known before training starts.
+Every process validates every row in one pass (a malformed row stops with file:line, or is
+skipped and counted) and keeps its strided shard of them; those rows are tokenized once, up
+front, so the counts of dropped and truncated rows are known before training starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import grain
 import numpy as np
 
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
-from llada_jax.data.pipeline import check_pipeline_args, shard_shuffle_repeat, to_iter, worker_prefetch
+from llada_jax.data.pipeline import check_pipeline_args, shuffle_repeat, to_iter, worker_prefetch
 from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
 
 
@@ -41,44 +40,40 @@ def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, s
     cut to `seq_len` when the prompt leaves room for at least one response token.
     """
     stats = stats if stats is not None else DataStats()
-    paths = expand_files(data_cfg.files)
-    file_ids, starts, sizes = [], [], []  # where each valid row is: file index, byte offset, byte length
-    for k, path in enumerate(paths):
-        if file_format(path, data_cfg.format) != "jsonl":
-            raise DataError(f"{path}: SFT data must be JSONL (got format '{file_format(path, data_cfg.format)}')")
-        offsets, lengths = scan_jsonl(path, lambda obj: bool(parse_sft_row(obj, data_cfg)), data_cfg.on_error,
-                                         stats)
-        file_ids.append(np.full(len(offsets), k, np.int32))
-        starts.append(offsets)
-        sizes.append(lengths)
-    file_ids, starts, sizes = (np.concatenate(a) for a in (file_ids, starts, sizes))
-    stats.add(documents=len(starts))
-    if len(starts) < shard_count:
-        raise DataError(f"{len(starts)} SFT rows in data.files {list(data_cfg.files)} cannot be split into "
+    mine = []   # this process's rows, parsed while every row is validated: (messages, response)
+    total = 0   # valid rows so far, over all files
+
+    def keep(obj) -> bool:
+        nonlocal total
+        parsed = parse_sft_row(obj, data_cfg)  # ValueError on a malformed row
+        if total % shard_count == shard_index:
+            mine.append(parsed)
+        total += 1
+        return True
+
+    for path in expand_files(data_cfg.files):
+        fmt = file_format(path, data_cfg.format)
+        if fmt != "jsonl":
+            raise DataError(f"{path}: SFT data must be JSONL (got format '{fmt}')")
+        scan_jsonl(path, keep, data_cfg.on_error, stats)
+    stats.add(documents=total)
+    if total < shard_count:
+        raise DataError(f"{total} SFT rows in data.files {list(data_cfg.files)} cannot be split into "
                         f"{shard_count} process shards")
     tokens, offsets, prompt_lengths = [], [0], []
     dropped = truncated = 0
-    files: dict = {}
-    try:
-        for k, offset, length in zip(*(a[shard_index::shard_count] for a in (file_ids, starts, sizes))):
-            if k not in files:
-                files[k] = open(paths[k], "rb")
-            files[k].seek(offset)
-            messages, response = parse_sft_row(json.loads(files[k].read(length)), data_cfg)
-            prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
-            row = prompt + answer + [tokenizer.eos_id]
-            if len(row) > seq_len:
-                if data_cfg.too_long == "drop" or len(prompt) >= seq_len:
-                    dropped += 1
-                    continue
-                row = row[:seq_len]
-                truncated += 1
-            tokens.append(np.asarray(row, np.int32))
-            offsets.append(offsets[-1] + len(row))
-            prompt_lengths.append(len(prompt))
-    finally:
-        for f in files.values():
-            f.close()
+    for messages, response in mine:
+        prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
+        row = prompt + answer + [tokenizer.eos_id]
+        if len(row) > seq_len:
+            if data_cfg.too_long == "drop" or len(prompt) >= seq_len:
+                dropped += 1
+                continue
+            row = row[:seq_len]
+            truncated += 1
+        tokens.append(np.asarray(row, np.int32))
+        offsets.append(offsets[-1] + len(row))
+        prompt_lengths.append(len(prompt))
     stats.add(rows=len(prompt_lengths), dropped=dropped, truncated=truncated)
     if not prompt_lengths:
         raise DataError(f"no SFT rows fit seq_len {seq_len} in this shard ({dropped} dropped as too long)")
@@ -111,7 +106,6 @@ def make_sft_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *, seed
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
     rows = build_sft_rows(data_cfg, tokenizer, seq_len, shard_index=shard_index, shard_count=shard_count,
                           stats=stats)
-    ds = shard_shuffle_repeat(grain.MapDataset.source(rows), data_cfg, seed=seed, shard_index=0, shard_count=1,
-                              what="SFT rows")
+    ds = shuffle_repeat(grain.MapDataset.source(rows), data_cfg, seed=seed)
     batches = to_iter(ds.map(PadRow(seq_len, tokenizer.eos_id)), data_cfg).batch(batch_size, drop_remainder=True)
     return worker_prefetch(batches, data_cfg)

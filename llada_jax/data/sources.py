@@ -63,7 +63,7 @@ class DataStats:
         self.__post_init__()
 
 
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord"}
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl"}  # ArrayRecord suffixes are matched by prefix (sharded names)
 
 
 def expand_files(patterns: Sequence[str | os.PathLike]) -> list[Path]:
