@@ -7,10 +7,10 @@ LLaDA directory (config.json + safetensors), so every command takes either.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import yaml
 
 from llada_jax.config import Config, ConfigError, ModelConfig, config_from_dict, load_config
@@ -21,11 +21,16 @@ CONFIG_FILE = "config.yaml"
 
 def _abstract_params(cfg: ModelConfig, shardings=None):
     from llada_jax.model import param_shapes
+    from llada_jax.sharding import with_shardings
 
     shapes = param_shapes(cfg)
-    if shardings is None:
-        return shapes
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return shapes if shardings is None else with_shardings(shapes, shardings)
+
+
+def write_config(path: Path, config: Config) -> None:
+    """`config.yaml` (all sections) in `path`, as `read_config` reads it."""
+    with open(Path(path) / CONFIG_FILE, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
 
 
 def save_params(path: str | Path, config: Config | ModelConfig, params: Any) -> Path:
@@ -34,9 +39,7 @@ def save_params(path: str | Path, config: Config | ModelConfig, params: Any) -> 
 
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
-    full = config if isinstance(config, Config) else load_config(None).replace(model=config)
-    with open(path / CONFIG_FILE, "w") as f:
-        yaml.safe_dump(full.to_dict(), f, sort_keys=False)
+    write_config(path, config if isinstance(config, Config) else load_config(None).replace(model=config))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / PARAMS_DIR, params, force=True)
     checkpointer.wait_until_finished()
@@ -53,13 +56,14 @@ def read_config(path: str | Path) -> Config:
         return config_from_dict(yaml.safe_load(f) or {})
 
 
-def load_params(path: str | Path, shardings=None, model_config: ModelConfig | None = None):
-    """Restore `(config, params)` from a params export, optionally straight onto `shardings`."""
+def load_params(path: str | Path, shardings=None, param_dtype: str | None = None):
+    """Restore `(config, params)` from a params export, optionally straight onto `shardings`
+    and in another storage dtype."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     config = read_config(path)
-    cfg = model_config or config.model
+    cfg = config.model if param_dtype is None else config.model.replace(param_dtype=param_dtype)
     if not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path}: missing the '{PARAMS_DIR}/' directory of a params export")
     target = _abstract_params(cfg, shardings)
@@ -76,6 +80,26 @@ def is_hf_dir(path: str | Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def _not_a_model_dir(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{path}: neither a Hugging Face LLaDA directory (config.json + *.safetensors) nor a "
+        f"llada-jax export ({CONFIG_FILE} + {PARAMS_DIR}/)"
+    )
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The `ModelConfig` of a HF LLaDA directory or a llada-jax export, without loading weights."""
+    path = Path(path)
+    if is_hf_dir(path):
+        from llada_jax.hf import config_from_hf
+
+        with open(path / "config.json") as f:
+            return config_from_hf(json.load(f), where=str(path / "config.json"))
+    if (path / CONFIG_FILE).is_file():
+        return read_config(path).model
+    raise _not_a_model_dir(path)
+
+
 def load_model(path: str | Path, shardings=None, param_dtype: str | None = None) -> tuple[ModelConfig, Any]:
     """`(ModelConfig, params)` from a HF LLaDA directory or a llada-jax params export."""
     path = Path(path)
@@ -85,13 +109,7 @@ def load_model(path: str | Path, shardings=None, param_dtype: str | None = None)
         from llada_jax.hf import load_hf_checkpoint
 
         return load_hf_checkpoint(path, shardings=shardings, param_dtype=param_dtype)
-    if (path / CONFIG_FILE).is_file():
-        config = read_config(path)
-        cfg = config.model if param_dtype is None else config.model.replace(param_dtype=param_dtype)
-        if (path / PARAMS_DIR).is_dir():
-            restored, params = load_params(path, shardings, model_config=cfg)
-            return restored.model, params
-    raise FileNotFoundError(
-        f"{path}: neither a Hugging Face LLaDA directory (config.json + *.safetensors) nor a "
-        f"llada-jax export ({CONFIG_FILE} + {PARAMS_DIR}/)"
-    )
+    if (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir():
+        config, params = load_params(path, shardings, param_dtype)
+        return config.model, params
+    raise _not_a_model_dir(path)

@@ -7,7 +7,8 @@ the device busy). Every `log_every` steps it writes loss, gradient norm, learnin
 tokens/s, TFLOP/s per device and MFU to JSONL and TensorBoard, and updates the progress bar.
 A non-finite step is skipped by the step itself; the loop reports it and stops after
 `max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
-SIGTERM (TPU preemption) saves at the next step boundary and returns status "preempted".
+SIGTERM (TPU preemption) saves at the next step boundary (with several processes, the next
+multiple of `log_every`, where they agree) and returns status "preempted".
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from llada_jax.config import Config
 from llada_jax.metrics import MetricWriter, throughput
 from llada_jax.sharding import host_batch_to_global, make_mesh
-from llada_jax.train import abstract_state, batch_keys, init_state, make_train_step
+from llada_jax.train import abstract_state, batch_shapes, init_state, make_train_step
 from llada_jax.train_checkpoint import TrainCheckpointer
 
 
@@ -39,7 +40,7 @@ class RunResult:
 
 
 class _StopFlag:
-    """Set by SIGTERM; with several processes, the flags are OR-ed across them every step."""
+    """Set by SIGTERM; with several processes, `_sync_flags` OR-s the flags across them."""
 
     def __init__(self):
         self.requested = False
@@ -58,26 +59,26 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
 
-    def should_stop(self, step: int) -> bool:
-        # Every process must stop at the same step: any one's SIGTERM stops all.
-        return self._agreed(self.requested) if jax.process_count() > 1 else self.requested
 
-    @staticmethod
-    def _agreed(flag: bool) -> bool:
-        from jax.experimental import multihost_utils
 
-        return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+def _sync_flags(stop_requested: bool, save_due: bool) -> tuple[bool, bool]:
+    """(stop, save) agreed by every process: any one's SIGTERM stops all; the wall-clock save
+    decision is process 0's. One small collective, which waits for the step in flight."""
+    if jax.process_count() == 1:
+        return stop_requested, save_due
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([stop_requested, save_due]))  # [processes, 2]
+    return bool(flags[:, 0].any()), bool(flags[0, 1])
 
 
 def _host_batch(batch: dict, config: Config) -> dict:
     train = config.train
-    rows = train.batch_size // jax.process_count()
     out = {}
-    for k in batch_keys(train.objective):
+    for k, want in batch_shapes(train, train.batch_size // jax.process_count()).items():
         if k not in batch:
             raise ValueError(f"data batch has no '{k}' field (has {', '.join(batch)}) for objective {train.objective}")
         v = np.asarray(batch[k])
-        want = (rows, train.seq_len) if k == "tokens" else (rows,)
         if v.shape != want:
             raise ValueError(f"data batch '{k}' has shape {v.shape}, expected {want} "
                              f"(train.batch_size {train.batch_size} over {jax.process_count()} processes)")
@@ -87,7 +88,8 @@ def _host_batch(batch: dict, config: Config) -> dict:
 
 def _scalars(metrics: dict) -> dict:
     host = jax.device_get(metrics)
-    return {k: (bool(v) if k == "finite" else int(v) if k == "step" else float(v)) for k, v in host.items()}
+    return {k: (bool(v) if k == "finite" else int(v) if k in ("step", "bad_steps") else float(v))
+            for k, v in host.items()}
 
 
 def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
@@ -132,15 +134,14 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 vals = _scalars(m)
                 last = vals
                 s = vals["step"] + 1  # metrics of the update that produced step s
+                consecutive_bad = vals["bad_steps"]  # kept in the train state, so it survives a resume
                 if not vals["finite"]:
-                    consecutive_bad += 1
                     skipped.append(s)
                     writer.write(s, {"skipped": 1.0, "loss": vals["loss"], "grad_norm": vals["grad_norm"]})
                     if bar is not None:
                         bar.write(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
                                   f"update skipped ({consecutive_bad} in a row)")
                     return
-                consecutive_bad = 0
                 window["loss"] += vals["loss"]
                 window["grad_norm"] += vals["grad_norm"]
                 window["n"] += 1
@@ -177,10 +178,15 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 if consecutive_bad >= train.max_bad_steps:
                     status = "diverged"
                     break
-                preempt = stop.should_stop(step)
+                # Several processes agree on stopping/saving every `log_every` steps (a per-step
+                # collective would wait for each step and lose the one-step overlap); one process
+                # checks every step, for free.
+                preempt = by_time = False
+                if jax.process_count() == 1 or step % train.log_every == 0 or step == train.steps:
+                    time_due = (train.checkpoint_every_minutes > 0
+                                and time.monotonic() - t_save >= 60.0 * train.checkpoint_every_minutes)
+                    preempt, by_time = _sync_flags(stop.requested, time_due)
                 by_steps = train.checkpoint_every_steps > 0 and step % train.checkpoint_every_steps == 0
-                by_time = train.checkpoint_every_minutes > 0 and _agree(
-                    time.monotonic() - t_save >= 60.0 * train.checkpoint_every_minutes)
                 if preempt or by_steps or by_time or step == train.steps:
                     flush()
                     if consecutive_bad >= train.max_bad_steps:
@@ -206,15 +212,6 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
         ckpt.close()
 
 
-def _agree(flag: bool) -> bool:
-    """Process 0's decision for every process (wall-clock triggers must not diverge across hosts)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
-
-
 def make_dataset(config: Config, tokenizer=None):
     """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch."""
     from llada_jax import data
@@ -237,21 +234,15 @@ def make_dataset(config: Config, tokenizer=None):
 
 def load_initial_params(config: Config, mesh):
     """Params of `train.init_from` (params export or HF dir) on `mesh`, refusing another architecture."""
-    from llada_jax.checkpoint import load_model
+    from llada_jax.checkpoint import load_model, read_model_config
     from llada_jax.sharding import param_shardings
     from llada_jax.train_checkpoint import IncompatibleCheckpointError, arch_differences
 
     path = config.train.init_from
     if not path:
         return None
-    from llada_jax.checkpoint import is_hf_dir, read_config
-
-    saved = None if is_hf_dir(path) else read_config(path).model
-    if saved is not None and arch_differences(saved, config.model):
-        raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(arch_differences(saved, config.model)))
-    cfg, params = load_model(path, shardings=param_shardings(config.model, mesh),
-                             param_dtype=config.model.param_dtype)
-    diffs = arch_differences(cfg, config.model)
+    diffs = arch_differences(read_model_config(path), config.model)  # before reading any weights
     if diffs:
         raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(diffs))
+    _, params = load_model(path, shardings=param_shardings(config.model, mesh), param_dtype=config.model.param_dtype)
     return params

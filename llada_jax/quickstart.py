@@ -59,19 +59,17 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     from llada_jax.tokenizer import load_tokenizer, train_tokenizer
 
     workdir = Path(workdir).absolute()
-    base = load_config(config_path, overrides)
-    corpus = write_default_corpus(workdir / "corpus")
-    log(f"corpus: {len(corpus)} documents of the Python docs in {workdir / 'corpus'}")
-    tok_path = workdir / "tokenizer.model"
-    if not tok_path.is_file():
-        log(f"training a sentencepiece tokenizer ({base.model.vocab_size} pieces)...")
-        tok_path = train_tokenizer(corpus, workdir / "tokenizer", base.model.vocab_size)
-    tokenizer = load_tokenizer(tok_path)
-    run_dir = workdir / "run"
+    tok_path, run_dir = workdir / "tokenizer.model", workdir / "run"
     settings = [f"train.tokenizer={tok_path}", f"train.checkpoint_dir={run_dir}", f"data.files=[{workdir / 'corpus'}]"]
     if steps is not None:
         settings.append(f"train.steps={steps}")
     config = load_config(config_path, [*settings, *overrides])
+    corpus = write_default_corpus(workdir / "corpus")
+    log(f"corpus: {len(corpus)} documents of the Python docs in {workdir / 'corpus'}")
+    if not tok_path.is_file():
+        log(f"training a sentencepiece tokenizer ({config.model.vocab_size} pieces)...")
+        train_tokenizer(corpus, tok_path.with_suffix(""), config.model.vocab_size)
+    tokenizer = load_tokenizer(tok_path)
     log(f"model: {config.model.num_params() / 1e6:.2f}M params; {config.train.steps} steps of "
         f"{config.train.batch_size} x {config.train.seq_len} tokens on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); run dir {run_dir}")

@@ -97,15 +97,11 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
         return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=types)
 
 
-def _rules_dict(rules) -> dict[str, Any]:
-    return dict(rules)
-
-
 def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     rules=LOGICAL_RULES) -> P:
     """PartitionSpec for one array: each logical name mapped by `rules`, dropping mesh axes
     that do not divide the dimension or are already used by an earlier dimension."""
-    table = _rules_dict(rules)
+    table = dict(rules)
     used: set[str] = set()
     out = []
     for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
@@ -132,6 +128,11 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=LOGICAL_RULES):
     shapes = param_shapes(cfg)
     return jax.tree.map(lambda spec, s: NamedSharding(mesh, logical_to_spec(tuple(spec), s.shape, mesh, rules)),
                         axes, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def with_shardings(shapes, shardings):
+    """`ShapeDtypeStruct`s of `shapes` carrying the matching `shardings` (restore / AOT targets)."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def tree_shardings_like(tree_shapes, params_shapes, params_shards, mesh: Mesh):

@@ -26,7 +26,7 @@ from llada_jax.diffusion import (forward_process, pretrain_loss, random_length_m
 from llada_jax.model import MaskPredictor, init_params, param_shapes
 from llada_jax.optim import make_optimizer, wsd_schedule
 from llada_jax.sharding import (BATCH_AXES, LOGICAL_RULES, batch_divisor, batch_sharding, param_shardings,
-                                tree_shardings_like)
+                                tree_shardings_like, with_shardings)
 
 
 class TrainState(NamedTuple):
@@ -41,6 +41,11 @@ def batch_keys(objective: str) -> tuple[str, ...]:
     return ("tokens",) if objective == "pretrain" else ("tokens", "prompt_lengths")
 
 
+def batch_shapes(train: TrainConfig, rows: int) -> dict[str, tuple[int, ...]]:
+    """Shape of each batch field for `rows` rows: tokens [rows, seq_len], prompt_lengths [rows]."""
+    return {k: (rows, train.seq_len) if k == "tokens" else (rows,) for k in batch_keys(train.objective)}
+
+
 def check_batch_size(train: TrainConfig, mesh: Mesh) -> None:
     """Each microbatch must split evenly over the mesh's row shards."""
     shards = batch_divisor(mesh)
@@ -52,29 +57,27 @@ def check_batch_size(train: TrainConfig, mesh: Mesh) -> None:
         )
 
 
-def _optimizer_and_abstract(config: Config):
-    optimizer = make_optimizer(config.train)
+def state_shapes(config: Config) -> TrainState:
+    """`TrainState` of `ShapeDtypeStruct`s (no shardings), without allocating anything."""
     params = param_shapes(config.model)
-    opt_state = jax.eval_shape(optimizer.init, params)
-    return optimizer, params, opt_state
+    opt_state = jax.eval_shape(make_optimizer(config.train).init, params)
+    return TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state,
+                      jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
 
 
-def state_shardings(config: Config, mesh: Mesh) -> TrainState:
+def state_shardings(config: Config, mesh: Mesh, shapes: TrainState | None = None) -> TrainState:
     """`TrainState` of `NamedSharding`s: params by the logical rules, moments like their params."""
-    _, params, opt_state = _optimizer_and_abstract(config)
+    shapes = state_shapes(config) if shapes is None else shapes
     p_shard = param_shardings(config.model, mesh)
     replicated = NamedSharding(mesh, P())
-    return TrainState(replicated, p_shard, tree_shardings_like(opt_state, params, p_shard, mesh), replicated,
-                      replicated)
+    return TrainState(replicated, p_shard, tree_shardings_like(shapes.opt_state, shapes.params, p_shard, mesh),
+                      replicated, replicated)
 
 
 def abstract_state(config: Config, mesh: Mesh) -> TrainState:
     """`TrainState` of `ShapeDtypeStruct`s carrying the mesh's shardings (restore / AOT target)."""
-    _, params, opt_state = _optimizer_and_abstract(config)
-    shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state,
-                        jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
-    shards = state_shardings(config, mesh)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shards)
+    shapes = state_shapes(config)
+    return with_shardings(shapes, state_shardings(config, mesh, shapes))
 
 
 def init_state(config: Config, mesh: Mesh, params: Any = None) -> TrainState:
@@ -169,14 +172,15 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
         return optax.apply_updates(state.params, updates), opt_state
 
     params, opt_state = jax.lax.cond(finite, apply, lambda _: (state.params, state.opt_state), None)
-    new_state = TrainState(state.step + 1, params, opt_state, state.rng,
-                           jnp.where(finite, 0, state.bad_steps + 1).astype(jnp.int32))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite, "step": state.step}
+    bad_steps = jnp.where(finite, 0, state.bad_steps + 1).astype(jnp.int32)
+    new_state = TrainState(state.step + 1, params, opt_state, state.rng, bad_steps)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite, "step": state.step,
+               "bad_steps": bad_steps}
     return new_state, metrics
 
 
 def batch_shardings(train: TrainConfig, mesh: Mesh) -> dict:
-    return {k: batch_sharding(mesh, 2 if k == "tokens" else 1) for k in batch_keys(train.objective)}
+    return {k: batch_sharding(mesh, len(shape)) for k, shape in batch_shapes(train, train.batch_size).items()}
 
 
 # TrainConfig fields that do not change the compiled step (bookkeeping of the loop around it).
@@ -224,8 +228,5 @@ class _OnMesh:
 
 def abstract_batch(train: TrainConfig, mesh: Mesh) -> dict:
     """`ShapeDtypeStruct`s of one global batch with its shardings (for AOT compilation)."""
-    out = {"tokens": jax.ShapeDtypeStruct((train.batch_size, train.seq_len), jnp.int32,
-                                          sharding=batch_sharding(mesh, 2))}
-    if train.objective == "sft":
-        out["prompt_lengths"] = jax.ShapeDtypeStruct((train.batch_size,), jnp.int32, sharding=batch_sharding(mesh, 1))
-    return out
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, len(shape)))
+            for k, shape in batch_shapes(train, train.batch_size).items()}

@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import yaml
 
-from llada_jax.config import Config, ModelConfig, config_from_dict
+from llada_jax.checkpoint import CONFIG_FILE, read_config, write_config
+from llada_jax.config import Config, ModelConfig
 
-CONFIG_FILE = "config.yaml"
 # ModelConfig fields that change the shape of the params: a checkpoint must agree on all of them.
 ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "weight_tying")
 
@@ -51,15 +50,14 @@ def _shape_differences(saved_tree, target_tree) -> list[str]:
 class TrainCheckpointer:
     """Save/restore `(TrainState, Grain iterator)` pairs with async Orbax writes and rotation."""
 
-    def __init__(self, directory: str | Path, config: Config, *, max_to_keep: int | None = None,
-                 async_save: bool | None = None):
+    def __init__(self, directory: str | Path, config: Config, *, async_save: bool | None = None):
         import orbax.checkpoint as ocp
 
         self.directory = Path(directory).absolute()
         self.config = config
         train = config.train
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep or train.max_to_keep,
+            max_to_keep=train.max_to_keep,
             enable_async_checkpointing=train.async_checkpointing if async_save is None else async_save,
             create=True,
         )
@@ -69,15 +67,8 @@ class TrainCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def saved_config(self) -> Config | None:
-        file = self.directory / CONFIG_FILE
-        if not file.is_file():
-            return None
-        with open(file) as f:
-            return config_from_dict(yaml.safe_load(f) or {})
+        return read_config(self.directory) if (self.directory / CONFIG_FILE).is_file() else None
 
     def check_compatible(self, step: int, target_state) -> None:
         """Raise `IncompatibleCheckpointError` naming what differs from the current config."""
@@ -96,20 +87,19 @@ class TrainCheckpointer:
                 + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
 
     # -- save / restore --------------------------------------------------------------------
-    def save(self, step: int, state, data_iterator=None, *, force: bool = True) -> bool:
+    def save(self, step: int, state, data_iterator=None) -> bool:
         """Start an (async) save of `state` and the iterator position at `step`."""
         import orbax.checkpoint as ocp
 
         if jax.process_index() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(self.directory / CONFIG_FILE, "w") as f:
-                yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+            write_config(self.directory, self.config)
         items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(self.config.to_dict())}
         if data_iterator is not None:
             import grain
 
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int, target_state, data_iterator=None):
         """`(state, iterator)` at `step`, placed by the shardings in `target_state` (abstract)."""
