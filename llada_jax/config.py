@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from llada_jax.config_base import ConfigBase, ConfigError, did_you_mean
+from llada_jax.config_base import NONE_WORDS, ConfigBase, ConfigError, did_you_mean
 
 __all__ = ["ConfigError", "ModelConfig", "SampleConfig", "TrainConfig", "MeshConfig", "DataConfig", "Config",
-           "SECTIONS", "load_config", "config_from_dict", "section_of"]
+           "SECTIONS", "SAMPLE_FIELDS", "load_config", "config_from_dict", "section_of"]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -94,7 +94,7 @@ class ModelConfig(ConfigBase):
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 THRESHOLD_REMASKING = ("low_confidence", "margin")
-CACHES = (None, "none", "prefix", "dual")  # None and "none": no cache
+CACHES = (None, "prefix", "dual")  # None: no cache ("none" is read as None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +112,10 @@ class SampleConfig(ConfigBase):
     threshold: float | None = None
     cache: str | None = None
 
+    def __post_init__(self):
+        if isinstance(self.cache, str) and self.cache.strip().lower() in NONE_WORDS:
+            object.__setattr__(self, "cache", None)  # one spelling of "no cache" for every consumer
+
     def validate(self, where: str | None = None) -> None:
         w = where or "SampleConfig"
         self.check_positive(w, "gen_length", "steps", "block_length")
@@ -128,9 +132,12 @@ class SampleConfig(ConfigBase):
         if self.threshold is not None and self.remasking not in THRESHOLD_REMASKING:
             raise ConfigError(f"{w}.threshold: needs remasking in {', '.join(THRESHOLD_REMASKING)} (a confidence "
                               f"in [0, 1]), got '{self.remasking}'")
-        if self.cache not in CACHES:
-            raise ConfigError(f"{w}.cache: '{self.cache}' is not one of none, prefix, dual"
-                              f"{did_you_mean(str(self.cache), ['prefix', 'dual'])}")
+        if self.cache is not None:
+            self.check_choice(w, "cache", ("none", "prefix", "dual"))
+
+
+# The sampler's keyword arguments, in order (`generate(..., **sample.to_dict())`).
+SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 
 
 OBJECTIVES = ("pretrain", "sft")

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+# Strings an optional field reads as None (CLI flags, sweep grids, lm-eval model_args).
+NONE_WORDS = ("none", "null", "off")
+
+
 class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or inconsistent."""
 
@@ -25,12 +29,19 @@ def did_you_mean(name: str, options: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_choice(where: str, name: str, value: Any, options: Sequence[str]) -> None:
+    """ConfigError `where.name: 'value' is not one of ...` (with a did-you-mean) unless value is an option."""
+    if value not in options:
+        raise ConfigError(f"{where}.{name}: '{value}' is not one of {', '.join(options)}"
+                          f"{did_you_mean(str(value), options)}")
+
+
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)):
             return None
         last_error = None
         for arg in args:
@@ -133,10 +144,7 @@ class ConfigBase:
     # Field checks for `validate`: each raises ConfigError naming `where.field`.
 
     def check_choice(self, where: str, name: str, options: Sequence[str]) -> None:
-        value = getattr(self, name)
-        if value not in options:
-            raise ConfigError(f"{where}.{name}: '{value}' is not one of {', '.join(options)}"
-                              f"{did_you_mean(str(value), options)}")
+        check_choice(where, name, getattr(self, name), options)
 
     def check_positive(self, where: str, *names: str) -> None:
         for name in names:

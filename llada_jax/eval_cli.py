@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-SAMPLER_FLAGS = ("gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "threshold", "cache")
 
 
 def _add_model_flags(p) -> None:
@@ -53,18 +52,13 @@ def _add_sampler_flags(p) -> None:
 
 def _base_sample(checkpoint: Path, args=None):
     """The checkpoint config's sample section (defaults for a HF directory), with flags applied."""
-    from llada_jax.checkpoint import CONFIG_FILE, read_config
-    from llada_jax.config import SampleConfig
+    from llada_jax.config import SAMPLE_FIELDS
+    from llada_jax.evaluate import checkpoint_sample
 
-    base = read_config(checkpoint).sample if (checkpoint / CONFIG_FILE).is_file() else SampleConfig()
+    base = checkpoint_sample(checkpoint)
     if args is None:
         return base
-    changes = {k: getattr(args, k) for k in SAMPLER_FLAGS + ("logits_eos_inf", "confidence_eos_eot_inf")
-               if getattr(args, k, None) is not None}
-    if isinstance(changes.get("threshold"), str) and changes["threshold"].lower() == "none":
-        changes["threshold"] = None
-    if changes.get("cache") == "none":
-        changes["cache"] = None
+    changes = {k: getattr(args, k) for k in SAMPLE_FIELDS if getattr(args, k, None) is not None}
     return base.replace(**changes) if changes else base
 
 

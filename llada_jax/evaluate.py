@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -67,10 +68,15 @@ class EvalResult:
         return d
 
 
+def checkpoint_sample(checkpoint) -> SampleConfig:
+    """The sampler settings saved with a llada-jax checkpoint; the defaults for a HF directory."""
+    from llada_jax.checkpoint import CONFIG_FILE, read_config
+
+    return read_config(checkpoint).sample if (Path(checkpoint) / CONFIG_FILE).is_file() else SampleConfig()
+
+
 def find_tokenizer(checkpoint, tokenizer=None):
     """`tokenizer` if given, else one in the checkpoint directory, else its config's `train.tokenizer`."""
-    from pathlib import Path
-
     from llada_jax.checkpoint import CONFIG_FILE, read_config
     from llada_jax.tokenizer import load_tokenizer
 
@@ -164,10 +170,7 @@ def generate_answers(params: Any, cfg: ModelConfig, prompts: EncodedPrompts, sam
         div = batch_divisor(mesh)
         batch_size = -(-batch_size // div) * div
         sharding = batch_sharding(mesh)
-    options = dict(steps=sample.steps, gen_length=sample.gen_length, block_length=sample.block_length,
-                   temperature=sample.temperature, cfg_scale=sample.cfg_scale, remasking=sample.remasking,
-                   logits_eos_inf=sample.logits_eos_inf, confidence_eos_eot_inf=sample.confidence_eos_eot_inf,
-                   threshold=sample.threshold, cache=None if sample.cache in (None, "none") else sample.cache)
+    options = sample.to_dict()
     base_key = jax.random.key(seed)
 
     def run(i, start, stop):

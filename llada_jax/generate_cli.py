@@ -36,7 +36,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from llada_jax.checkpoint import load_model
     from llada_jax.eval_cli import _base_sample, _mesh, _tokenizer
     from llada_jax.evaluate import decode_answer, encode_prompts, generate_answers, place_params
-    from llada_jax.sampling import format_trajectory, generate_with_stats, make_plan
+    from llada_jax.sampling import format_trajectory, generate_with_stats
     from llada_jax.tokenizer import check_tokenizer_matches
 
     texts = _read_prompts(args)
@@ -45,12 +45,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg, params = load_model(args.checkpoint)
     check_tokenizer_matches(tokenizer, cfg)
     prompts = encode_prompts(tokenizer, texts, chat=args.chat, pad_id=cfg.pad_token_id)
-    options = dict(steps=sample.steps, gen_length=sample.gen_length, block_length=sample.block_length,
-                   temperature=sample.temperature, cfg_scale=sample.cfg_scale, remasking=sample.remasking,
-                   logits_eos_inf=sample.logits_eos_inf, confidence_eos_eot_inf=sample.confidence_eos_eot_inf,
-                   threshold=sample.threshold, cache=sample.cache)
-    # Validate the sampler settings for these shapes before any compilation.
-    make_plan(cfg, prompts.ids.shape, prompts.mask.shape, key=jax.random.key(args.seed), **options)
+    options = sample.to_dict()
     stops = (cfg.eos_token_id, cfg.eot_token_id)
     p = prompts.ids.shape[1]
     t0 = time.perf_counter()

@@ -33,12 +33,11 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("llada_jax.lm_eval_adapter needs lm-eval 0.4.x: pip install 'llada-jax[eval]'") from e
 
 from llada_jax.config import SampleConfig
-from llada_jax.evaluate import decode_answer, left_pad
+from llada_jax.config import SAMPLE_FIELDS
+from llada_jax.evaluate import decode_answer, encode_prompt, left_pad
 from llada_jax.likelihood import log_likelihood_batch
 from llada_jax.sampling import generate_with_stats
 
-_SAMPLE_ARGS = ("gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "threshold", "cache",
-                "logits_eos_inf", "confidence_eos_eot_inf")
 
 
 
@@ -56,22 +55,19 @@ class LladaJaxLM(LM):
                  seed: int = 0, batch_size: Any = 16, max_batch_size: Any = None, device: Any = None,
                  **sample_args) -> None:
         super().__init__()
-        unknown = sorted(set(sample_args) - set(_SAMPLE_ARGS))
+        unknown = sorted(set(sample_args) - set(SAMPLE_FIELDS))
         if unknown:
             raise ValueError(f"llada_jax model_args: unknown option(s) {', '.join(unknown)}; sampler options are "
-                             f"{', '.join(_SAMPLE_ARGS)}")
-        from llada_jax.checkpoint import CONFIG_FILE, load_model, read_config
-        from llada_jax.evaluate import find_tokenizer
+                             f"{', '.join(SAMPLE_FIELDS)}")
+        from llada_jax.checkpoint import load_model
+        from llada_jax.evaluate import checkpoint_sample, find_tokenizer
         from llada_jax.tokenizer import check_tokenizer_matches
 
         base = SampleConfig()
         if params is None:
             if checkpoint is None:
                 raise ValueError("llada_jax model_args: checkpoint=DIR is required")
-            from pathlib import Path
-
-            if (Path(checkpoint) / CONFIG_FILE).is_file():
-                base = read_config(checkpoint).sample
+            base = checkpoint_sample(checkpoint)
             self.tokenizer = tokenizer if hasattr(tokenizer, "encode") else find_tokenizer(checkpoint, tokenizer)
             model_config, params = load_model(checkpoint)
         else:
@@ -80,8 +76,7 @@ class LladaJaxLM(LM):
             self.tokenizer = tokenizer
         check_tokenizer_matches(self.tokenizer, model_config)
         self.cfg, self.params = model_config, params
-        changes = {k: (None if isinstance(v, str) and v.lower() == "none" else v) for k, v in sample_args.items()}
-        self.sample = base.replace(**changes) if changes else base
+        self.sample = base.replace(**sample_args) if sample_args else base
         self.mc_num, self.ll_batch_size = int(mc_num), int(ll_batch_size)
         self.check_greedy = check_greedy if isinstance(check_greedy, bool) else str(check_greedy).lower() == "true"
         self.key = jax.random.key(int(seed))
@@ -101,7 +96,7 @@ class LladaJaxLM(LM):
         return chat_template_text(chat_history, add_generation_prompt)
 
     def _encode(self, text: str) -> list[int]:
-        return [self.tokenizer.bos_id] + list(self.tokenizer.encode(text))
+        return encode_prompt(self.tokenizer, text, chat=False)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """The release's split: trailing spaces of the context join the continuation; BOS first."""
@@ -157,11 +152,8 @@ class LladaJaxLM(LM):
             chunk = requests[start:start + self.batch_size]
             padded = left_pad([self._encode(r.args[0]) for r in chunk], self.cfg.pad_token_id, multiple=32)
             ids, mask = padded.ids, padded.mask
-            res = generate_with_stats(
-                self.params, self.cfg, ids, mask, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
-                temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
-                logits_eos_inf=s.logits_eos_inf, confidence_eos_eot_inf=s.confidence_eos_eot_inf,
-                threshold=s.threshold, cache=s.cache, key=jax.random.fold_in(self.key, start))
+            res = generate_with_stats(self.params, self.cfg, ids, mask, key=jax.random.fold_in(self.key, start),
+                                      **s.to_dict())
             tokens = np.asarray(res.tokens)[:, ids.shape[1]:]
             for row, r in zip(tokens, chunk):
                 text = decode_answer(self.tokenizer, row, stops)

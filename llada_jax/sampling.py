@@ -330,7 +330,7 @@ def make_plan(cfg: ModelConfig, prompt_shape, attention_mask_shape=None, *, step
                 steps_per_block=sc.steps // (sc.gen_length // sc.block_length), remasking=sc.remasking,
                 logits_eos_inf=sc.logits_eos_inf, confidence_eos_eot_inf=sc.confidence_eos_eot_inf,
                 sample=sc.temperature > 0, guided=sc.cfg_scale > 0, use_threshold=sc.threshold is not None,
-                cache=None if sc.cache in (None, "none") else sc.cache)
+                cache=sc.cache)
 
 
 def generate_with_stats(params: Any, cfg: ModelConfig, prompt, attention_mask=None, *, steps: int,

@@ -25,10 +25,9 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from llada_jax.config import CACHES, REMASKING, ConfigError, SampleConfig
-from llada_jax.config_base import coerce
+from llada_jax.config import REMASKING, SAMPLE_FIELDS, ConfigError, SampleConfig
+from llada_jax.config_base import NONE_WORDS, check_choice, coerce
 
-SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 RUN_FIELDS = ("task", "num_examples", "seed", "batch_size", "chat")
 METRICS = ("accuracy", "model_calls", "tokens_per_s", "seconds", "compile_seconds")
 COLUMNS = ("key", "run_key") + RUN_FIELDS + SAMPLE_FIELDS + ("family", "status", "reason", "compiled") + METRICS
@@ -36,24 +35,15 @@ CSV_NAME, TABLE_NAME = "results.csv", "results.md"
 PLOT_CALLS, PLOT_SPEED = "accuracy_vs_model_calls.png", "accuracy_vs_tokens_per_s.png"
 
 
-def _none_word(v) -> bool:
-    return isinstance(v, str) and v.strip().lower() in ("none", "null", "off")
-
-
 def _coerce_value(name: str, raw) -> Any:
     hint = typing.get_type_hints(SampleConfig)[name]
-    optional = type(None) in typing.get_args(hint)
-    if _none_word(raw):
-        if optional:
-            return None
+    if isinstance(raw, str) and raw.strip().lower() in NONE_WORDS and type(None) not in typing.get_args(hint):
         raise ConfigError(f"grid {name}: 'none' is not allowed (it is not optional)")
-    value = coerce(raw, hint, f"grid {name}")
-    if name == "remasking" and value not in REMASKING:
-        close = difflib.get_close_matches(str(value), REMASKING, n=1)
-        hint_txt = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"grid remasking: '{value}' is not one of {', '.join(REMASKING)}{hint_txt}")
-    if name == "cache" and value not in CACHES:
-        raise ConfigError(f"grid cache: '{value}' is not one of none, prefix, dual")
+    value = coerce(raw, hint, f"grid {name}")  # optional fields read 'none' as None
+    if name == "remasking":
+        check_choice("grid", name, value, REMASKING)
+    if name == "cache" and value is not None:
+        check_choice("grid", name, value, ("none", "prefix", "dual"))
     return value
 
 
@@ -202,9 +192,7 @@ def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], o
                     placed = place_params(params, cfg, mesh)
                 sample = cell.run_sample
                 plan = make_plan(cfg, (batch_size, prompts.ids.shape[1]), (batch_size, prompts.ids.shape[1]),
-                                 **{k: getattr(sample, k) for k in SAMPLE_FIELDS if k != "cache"},
-                                 cache=None if sample.cache in (None, "none") else sample.cache,
-                                 key=True)
+                                 key=True, **sample.to_dict())
                 fresh = plan not in compiled_plans
                 gen = generate_answers(placed, cfg, prompts, sample, batch_size=batch_size, seed=seed, mesh=mesh,
                                        warmup=fresh)
