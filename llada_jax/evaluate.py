@@ -229,13 +229,9 @@ def evaluate_choice(params: Any, cfg: ModelConfig, tokenizer, task: Task, *, cha
             owner.append(i)
     keys = jax.random.split(jax.random.key(seed), len(prompts))
     t0 = time.perf_counter()
-    scores = []
-    for start in range(0, len(prompts), pairs_per_call):
-        stop = min(start + pairs_per_call, len(prompts))
-        scores.append(log_likelihood_batch(params, cfg, prompts[start:stop], answers[start:stop], mc_num=mc_num,
-                                           batch_size=batch_size, cfg_scale=cfg_scale, keys=keys[start:stop]))
+    scores = log_likelihood_batch(params, cfg, prompts, answers, mc_num=mc_num, batch_size=batch_size,
+                                  cfg_scale=cfg_scale, keys=keys, pairs_per_call=pairs_per_call)
     seconds = time.perf_counter() - t0
-    scores = np.concatenate(scores)
     owner = np.asarray(owner)
     picks = tuple(int(np.argmax(scores[owner == i])) for i in range(len(task.examples)))
     correct = sum(task.score(p, e) for p, e in zip(picks, task.examples))

@@ -172,21 +172,29 @@ def log_likelihood(params, cfg: ModelConfig, prompt, answer, *, mc_num: int = 12
     """
     num_batches = _check_options(mc_num, batch_size, cfg_scale)
     p, a = _check_pair(cfg, prompt, answer, "")
-    tokens, plen, alen = _pack([(p, a)], p.size + a.size, cfg.pad_token_id)
-    out = _log_likelihood_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(plen), jnp.asarray(alen), key[None],
+    return float(_estimate(params, cfg, [(p, a)], key[None], p.size + a.size, num_batches, batch_size, cfg_scale)[0])
+
+
+def _estimate(params, cfg: ModelConfig, pairs, keys, length: int, num_batches: int, batch_size: int,
+              cfg_scale: float) -> np.ndarray:
+    tokens, plen, alen = _pack(pairs, length, cfg.pad_token_id)
+    out = _log_likelihood_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(plen), jnp.asarray(alen), keys,
                               jnp.float32(cfg_scale), num_batches=num_batches, batch_size=batch_size,
                               use_cfg=cfg_scale > 0)
-    return float(out[0])
+    return np.asarray(out, dtype=np.float64)
 
 
 def log_likelihood_batch(params, cfg: ModelConfig, prompts: Sequence, answers: Sequence, *, mc_num: int = 128,
                          batch_size: int = 16, cfg_scale: float = 0.0, key: jax.Array | None = None,
-                         keys: jax.Array | None = None, pad_multiple: int = 32) -> np.ndarray:
-    """Estimates for many (prompt, answer) pairs in one compiled call, float [N].
+                         keys: jax.Array | None = None, pad_multiple: int = 32,
+                         pairs_per_call: int | None = None) -> np.ndarray:
+    """Estimates for many (prompt, answer) pairs, float [N], in calls of `pairs_per_call` pairs
+    (default: all in one call).
 
     Pair i uses `keys[i]` (default `jax.random.split(key, N)`), and equals
     `log_likelihood(prompt_i, answer_i, key=keys[i])`. Rows are right-padded to a multiple of
-    `pad_multiple` (capped at the model's context) so nearby lengths share a compile.
+    `pad_multiple` (capped at the model's context) so nearby lengths share a compile; a short
+    last call is filled with copies of its last pair, so every call has the same shape.
     """
     num_batches = _check_options(mc_num, batch_size, cfg_scale)
     if len(prompts) != len(answers):
@@ -200,10 +208,18 @@ def log_likelihood_batch(params, cfg: ModelConfig, prompts: Sequence, answers: S
         keys = jax.random.split(key, len(pairs))
     if keys.shape[0] != len(pairs):
         raise ValueError(f"keys: {keys.shape[0]} keys for {len(pairs)} pairs")
+    if pairs_per_call is not None and pairs_per_call <= 0:
+        raise ValueError(f"pairs_per_call: must be positive, got {pairs_per_call}")
     longest = max(p.size + a.size for p, a in pairs)
     length = min(-(-longest // pad_multiple) * pad_multiple, cfg.max_seq_len)
-    tokens, plen, alen = _pack(pairs, length, cfg.pad_token_id)
-    out = _log_likelihood_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(plen), jnp.asarray(alen), keys,
-                              jnp.float32(cfg_scale), num_batches=num_batches, batch_size=batch_size,
-                              use_cfg=cfg_scale > 0)
-    return np.asarray(out, dtype=np.float64)
+    per_call = pairs_per_call or len(pairs)
+    out = []
+    for start in range(0, len(pairs), per_call):
+        chunk, chunk_keys = pairs[start:start + per_call], keys[start:start + per_call]
+        fill = per_call - len(chunk) if len(pairs) > per_call else 0
+        if fill:
+            chunk = chunk + [chunk[-1]] * fill
+            chunk_keys = jnp.concatenate([chunk_keys, jnp.repeat(chunk_keys[-1:], fill, axis=0)])
+        est = _estimate(params, cfg, chunk, chunk_keys, length, num_batches, batch_size, cfg_scale)
+        out.append(est[:per_call - fill])
+    return np.concatenate(out)

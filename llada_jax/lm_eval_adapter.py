@@ -113,12 +113,9 @@ class LladaJaxLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(*r.args) for r in requests]
         keys = jax.vmap(lambda i: jax.random.fold_in(self.key, i))(np.arange(len(pairs)))
-        values = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            values.extend(log_likelihood_batch(
-                self.params, self.cfg, [p for p, _ in chunk], [a for _, a in chunk], mc_num=self.mc_num,
-                batch_size=self.ll_batch_size, cfg_scale=self.sample.cfg_scale, keys=keys[start:start + len(chunk)]))
+        values = log_likelihood_batch(self.params, self.cfg, [p for p, _ in pairs], [a for _, a in pairs],
+                                      mc_num=self.mc_num, batch_size=self.ll_batch_size,
+                                      cfg_scale=self.sample.cfg_scale, keys=keys, pairs_per_call=self.batch_size)
         greedy = self.greedy_matches(pairs) if self.check_greedy else [False] * len(pairs)
         return [(float(v), bool(g)) for v, g in zip(values, greedy)]
 

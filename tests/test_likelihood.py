@@ -124,6 +124,11 @@ def test_batched_equals_one_pair(tiny_cfg, tiny_params):
     by_key = log_likelihood_batch(tiny_params, tiny_cfg, prompts, answers, mc_num=16, batch_size=8,
                                   key=jax.random.key(9), cfg_scale=0.5)
     np.testing.assert_allclose(by_key, batched, rtol=1e-6)
+    # Calls of 2 pairs (the last filled with a copy to the same shape) give the same estimates.
+    chunked = log_likelihood_batch(tiny_params, tiny_cfg, prompts, answers, mc_num=16, batch_size=8, keys=keys,
+                                   cfg_scale=0.5, pairs_per_call=2)
+    assert chunked.shape == (3,)
+    np.testing.assert_allclose(chunked, batched, rtol=1e-6)
 
 
 def test_bad_input_errors_before_compile(tiny_cfg, tiny_params, monkeypatch):
