@@ -207,7 +207,7 @@ def score_generation(task: Task, tokenizer, cfg: ModelConfig, run: GenerationRun
     """Decode, score and attach the speed figures of a generation run."""
     stops = (cfg.eos_token_id, cfg.eot_token_id)
     outputs = tuple(decode_answer(tokenizer, row, stops) for row in run.tokens)
-    correct = sum(task.score(o, e) for o, e in zip(outputs, task.examples))
+    correct = task.correct(outputs)
     n = len(outputs)
     return EvalResult(task.name, n, int(correct), correct / n, run.model_calls,
                       n * gen_length / run.seconds if run.seconds > 0 else float("inf"),
@@ -234,7 +234,7 @@ def evaluate_choice(params: Any, cfg: ModelConfig, tokenizer, task: Task, *, cha
     seconds = time.perf_counter() - t0
     owner = np.asarray(owner)
     picks = tuple(int(np.argmax(scores[owner == i])) for i in range(len(task.examples)))
-    correct = sum(task.score(p, e) for p, e in zip(picks, task.examples))
+    correct = task.correct(picks)
     n = len(picks)
     tokens = sum(len(a) for a in answers)
     return EvalResult(task.name, n, int(correct), correct / n, float(mc_num) * len(answers) / n / batch_size,

@@ -32,9 +32,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-SCORERS = ("exact", "numeric", "choice")
-
-
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One prompt with its accepted answers; `choices`/`label` for multiple choice."""
@@ -64,10 +61,14 @@ class Task:
             return int(output) == example.label
         return SCORER_FUNCTIONS[self.scorer](str(output), example.references)
 
-    def accuracy(self, outputs: Sequence) -> float:
+    def correct(self, outputs: Sequence) -> int:
+        """How many of `outputs` (one per example, in order) are right."""
         if len(outputs) != len(self.examples):
             raise ValueError(f"{self.name}: {len(outputs)} outputs for {len(self.examples)} examples")
-        return float(np.mean([self.score(o, e) for o, e in zip(outputs, self.examples)])) if outputs else 0.0
+        return sum(bool(self.score(o, e)) for o, e in zip(outputs, self.examples))
+
+    def accuracy(self, outputs: Sequence) -> float:
+        return self.correct(outputs) / len(outputs) if len(outputs) else 0.0
 
 
 def normalize(text: str) -> str:
@@ -88,9 +89,7 @@ def extract_number(text: str) -> float | None:
     """The answer number of a text: after the last `####` if any, else the last number in it."""
     text = str(text)
     if "####" in text:
-        text = text.rsplit("####", 1)[1]
-        found = _NUMBER.findall(text)
-        found = found[:1]
+        found = _NUMBER.findall(text.rsplit("####", 1)[1])[:1]
     else:
         found = _NUMBER.findall(text)[-1:]
     if not found:
@@ -106,7 +105,8 @@ def numeric_match(output: str, references: Sequence[str]) -> bool:
     got = extract_number(output)
     if got is None:
         return False
-    return any(extract_number(r) is not None and abs(got - extract_number(r)) < 1e-9 for r in references)
+    wanted = (extract_number(r) for r in references)
+    return any(w is not None and abs(got - w) < 1e-9 for w in wanted)
 
 
 SCORER_FUNCTIONS: dict[str, Callable[[str, Sequence[str]], bool]] = {"exact": exact_match, "numeric": numeric_match}
@@ -119,20 +119,20 @@ def _digits(rng: np.random.Generator, min_len: int, max_len: int) -> list[str]:
     return [str(d) for d in rng.integers(0, 10, size=int(rng.integers(min_len, max_len + 1)))]
 
 
-def _gen_reverse(rng, n, min_len=4, max_len=8):
-    out = []
-    for _ in range(n):
-        s = _digits(rng, min_len, max_len)
-        out.append(Example(f"reverse: {' '.join(s)}", (" ".join(reversed(s)),)))
-    return out
+def _digit_task(verb: str, transform: Callable[[list[str]], Sequence[str]]):
+    """Generator of `"{verb}: d d d"` -> the digits after `transform` (reverse, copy, sort)."""
+    def generate(rng, n, min_len=4, max_len=8):
+        out = []
+        for _ in range(n):
+            s = _digits(rng, min_len, max_len)
+            out.append(Example(f"{verb}: {' '.join(s)}", (" ".join(transform(s)),)))
+        return out
+    return generate
 
 
-def _gen_copy(rng, n, min_len=4, max_len=8):
-    out = []
-    for _ in range(n):
-        s = " ".join(_digits(rng, min_len, max_len))
-        out.append(Example(f"copy: {s}", (s,)))
-    return out
+_gen_reverse = _digit_task("reverse", lambda s: s[::-1])
+_gen_copy = _digit_task("copy", lambda s: s)
+_gen_sort = _digit_task("sort", sorted)
 
 
 def _gen_infill(rng, n, min_len=5, max_len=9):
@@ -143,14 +143,6 @@ def _gen_infill(rng, n, min_len=5, max_len=9):
         start = int(rng.integers(1, len(s) - gap))       # 1 .. L-gap-1
         gapped = s[:start] + ["_"] * gap + s[start + gap:]
         out.append(Example(f"infill: {' '.join(s)} | {' '.join(gapped)}", (" ".join(s[start:start + gap]),)))
-    return out
-
-
-def _gen_sort(rng, n, min_len=4, max_len=8):
-    out = []
-    for _ in range(n):
-        s = _digits(rng, min_len, max_len)
-        out.append(Example(f"sort: {' '.join(s)}", (" ".join(sorted(s)),)))
     return out
 
 
@@ -282,8 +274,8 @@ def load_task(name: str, *, num_examples: int | None = 64, seed: int = 0, path: 
         raise ValueError(f"unknown task '{name}'{hint}; known: {', '.join(TASK_NAMES)}")
     if num_examples is not None and (not isinstance(num_examples, int) or num_examples <= 0):
         raise ValueError(f"num_examples: must be a positive integer, got {num_examples!r}")
-    if scorer is not None and scorer not in ("exact", "numeric"):
-        raise ValueError(f"scorer: '{scorer}' is not one of exact, numeric")
+    if scorer is not None and scorer not in SCORER_FUNCTIONS:
+        raise ValueError(f"scorer: '{scorer}' is not one of {', '.join(SCORER_FUNCTIONS)}")
     if name in SYNTHETIC:
         if path is not None:
             raise ValueError(f"task '{name}' is generated; it takes no task file")
