@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import ModelConfig
-from llada_jax.model import _forward_jit, init_params
+from llada_jax.model import forward, init_params
 
 
 def bench(cfg: ModelConfig, batch: int, length: int, iters: int, warmup: int = 2) -> dict:
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, cfg.vocab_size, jnp.int32)
-    run = lambda: _forward_jit(params, cfg, tokens, None)  # noqa: E731
+    run = lambda: forward(params, cfg, tokens)  # noqa: E731
     t0 = time.perf_counter()
     run().block_until_ready()
     compile_s = time.perf_counter() - t0

@@ -187,7 +187,7 @@ class MaskPredictor(nn.Module):
 
 
 def _check_tokens(cfg: ModelConfig, tokens, attention_mask=None, where: str = "tokens") -> None:
-    """Reject out-of-vocabulary ids and mismatched masks when the values are concrete."""
+    """Reject bad shapes and dtypes, and out-of-vocabulary ids in host (numpy) arrays."""
     if tokens.ndim != 2:
         raise ValueError(f"{where}: expected shape [batch, length], got {tuple(tokens.shape)}")
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(tokens.shape):
@@ -196,7 +196,9 @@ def _check_tokens(cfg: ModelConfig, tokens, attention_mask=None, where: str = "t
         )
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{where}: expected integer token ids, got dtype {tokens.dtype}")
-    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+    # Values are checked for host arrays only: reading a device array back would stall the
+    # device on every call (and tracers have no values).
+    if isinstance(tokens, jax.Array) or tokens.size == 0:
         return
     values = np.asarray(tokens)
     lo, hi = int(values.min()), int(values.max())
@@ -243,8 +245,12 @@ def _forward_jit(params, cfg, tokens, attention_mask):
 
 
 def forward(params: Params, cfg: ModelConfig, tokens, attention_mask=None) -> jax.Array:
-    """float32 logits [B, T, V] for token ids [B, T]; `attention_mask` marks real (non-pad) keys."""
-    tokens = jnp.asarray(tokens) if not isinstance(tokens, (jax.Array, np.ndarray)) else tokens
+    """float32 logits [B, T, V] for token ids [B, T]; `attention_mask` marks real (non-pad) keys.
+
+    Ids of host arrays (numpy, lists) are checked against the vocabulary; device arrays are not
+    read back for that.
+    """
+    tokens = np.asarray(tokens) if not isinstance(tokens, (jax.Array, np.ndarray)) else tokens
     _check_tokens(cfg, tokens, attention_mask)
     tokens = tokens.astype(jnp.int32)
     if attention_mask is not None:

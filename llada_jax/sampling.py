@@ -146,13 +146,15 @@ def _propose(logits, masked, keys, temperature, plan: Plan, cfg: ModelConfig):
     if plan.remasking == "random":
         conf = jax.random.uniform(rand_key, masked.shape, jnp.float32)
     else:
-        probs = jax.nn.softmax(logits, axis=-1)
+        # Probabilities of the few tokens needed, from one logsumexp: no [B, K, V] softmax per step.
+        lse = jax.nn.logsumexp(logits, axis=-1)
         if plan.remasking == "low_confidence":
-            conf = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+            conf = jnp.exp(jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0] - lse)
         elif plan.remasking == "margin":
-            top2 = jax.lax.top_k(probs, 2)[0]
+            top2 = jnp.exp(jax.lax.top_k(logits, 2)[0] - lse[..., None])
             conf = top2[..., 0] - top2[..., 1]
         else:  # entropy: negative entropy, as Dream
+            probs = jnp.exp(logits - lse[..., None])
             conf = jnp.sum(probs * jnp.log(probs + 1e-10), axis=-1)
     conf = jnp.where(masked, conf.astype(jnp.float32), -jnp.inf)
     return x0, conf
