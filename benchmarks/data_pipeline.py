@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llada_jax.config import DataConfig
 from llada_jax.data import DataStats, build_sft_rows, default_corpus_topics, make_pretrain_dataset, write_default_corpus
-from llada_jax.tokenizer import load_tokenizer, train_tokenizer
+from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import ModelConfig
-from llada_jax.model import forward, init_params
+from llada_jax.model.transformer import forward, init_params
 
 
 def bench(cfg: ModelConfig, batch: int, length: int, iters: int, warmup: int = 2) -> dict:

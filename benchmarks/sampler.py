@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llada_jax.config import ModelConfig  # noqa: E402
-from llada_jax.model import init_params  # noqa: E402
-from llada_jax.sampling import generate_with_stats  # noqa: E402
+from llada_jax.model.transformer import init_params  # noqa: E402
+from llada_jax.inference.sampling import generate_with_stats  # noqa: E402
 
 MODES = {
     "exact": dict(),

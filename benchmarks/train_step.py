@@ -28,9 +28,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from llada_jax.config import load_config
-    from llada_jax.metrics import throughput
-    from llada_jax.sharding import make_mesh
-    from llada_jax.train import init_state, make_train_step
+    from llada_jax.training.metrics import throughput
+    from llada_jax.model.sharding import make_mesh
+    from llada_jax.training.step import init_state, make_train_step
 
     config = load_config(args.config, [f"train.steps={args.steps + args.warmup + 10}", "train.warmup_steps=1",
                                        "train.decay_steps=1", *args.overrides])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from llada_jax.tasks import load_task
+from llada_jax.evaluation.tasks import load_task
 
 EVAL_SEED, EVAL_EXAMPLES = 0, 64
 TASK_OPTIONS = dict(min_len=4, max_len=5)

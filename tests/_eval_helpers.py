@@ -3,12 +3,12 @@
 import shutil
 from pathlib import Path
 
-from llada_jax.tasks import load_task
+from llada_jax.evaluation.tasks import load_task
 
 
 def train_task_tokenizer(directory: Path):
     """A 300-piece sentencepiece model on the synthetic tasks' text (ids match configs/tiny.yaml)."""
-    from llada_jax.tokenizer import load_tokenizer, train_tokenizer
+    from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
 
     lines = []
     for name in ("reverse", "copy", "sort", "addition", "infill"):
@@ -22,7 +22,7 @@ def train_task_tokenizer(directory: Path):
 
 def save_checkpoint(directory: Path, cfg, params, tokenizer_path: Path) -> Path:
     """A params export holding its tokenizer, as `llada-jax eval --checkpoint` expects."""
-    from llada_jax.checkpoint import save_params
+    from llada_jax.io.checkpoint import save_params
 
     save_params(directory, cfg, params)
     shutil.copy(tokenizer_path, directory / "tokenizer.model")

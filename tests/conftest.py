@@ -26,6 +26,6 @@ def tiny_cfg():
 def tiny_params(tiny_cfg):
     import jax
 
-    from llada_jax.model import init_params
+    from llada_jax.model.transformer import init_params
 
     return init_params(tiny_cfg, jax.random.key(0))

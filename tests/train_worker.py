@@ -27,7 +27,7 @@ def worker_mesh():
     import jax
 
     from llada_jax.config import MeshConfig
-    from llada_jax.sharding import make_mesh
+    from llada_jax.model.sharding import make_mesh
 
     return make_mesh(MeshConfig(), jax.devices()[:2])
 
@@ -44,7 +44,7 @@ def worker_dataset(seed: int = 0):
 def main(argv):
     run_dir, steps = argv[0], int(argv[1])
     pause = float(argv[2]) if len(argv) > 2 else 0.0
-    from llada_jax.loop import run_training
+    from llada_jax.training.loop import run_training
 
     def on_log(record):
         print(f"STEP {record['step']}", flush=True)

@@ -3,7 +3,7 @@
 `make_pretrain_dataset` and `make_sft_dataset` return a `grain.IterDataset` of numpy batches
 whose iterator is checkpointable (`get_state`/`set_state`, `grain.checkpoint.CheckpointSave`).
 Grain is imported only when a pipeline is used, so the corpus, chat and source helpers work
-without it (the GPU image has no grain).
+without it (the GPU image has no grain). Imports `config` and `io` only.
 """
 
 import importlib

@@ -1,0 +1,43 @@
+"""The `llada-jax` command: builds the parser from the command groups and dispatches.
+
+Each group module (`tools`, `train`, `evaluate`, `generate`) lists its subcommand registrars,
+each an `_add_<name>(subparsers)` that sets `func`. Errors the user can fix (bad config,
+missing files) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llada_jax.cli.evaluate import EVAL_SUBCOMMANDS
+from llada_jax.cli.generate import GENERATE_SUBCOMMANDS
+from llada_jax.cli.tools import TOOL_SUBCOMMANDS
+from llada_jax.cli.train import TRAIN_SUBCOMMANDS
+
+# Subcommand registrars, in the order `--help` lists them.
+SUBCOMMANDS = [*TOOL_SUBCOMMANDS, *TRAIN_SUBCOMMANDS, *EVAL_SUBCOMMANDS, *GENERATE_SUBCOMMANDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LM in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llada_jax.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"llada-jax {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

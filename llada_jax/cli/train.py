@@ -1,0 +1,125 @@
+"""`llada-jax` training subcommands: pretrain, sft, export, compile-check, quickstart.
+
+Thin: parse, start multi-host if asked, call the library, print a summary. Registered in
+`cli.main` through `TRAIN_SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Exit status of a run stopped by repeated non-finite steps (the last good checkpoint is kept).
+EXIT_DIVERGED = 3
+
+
+def _add_distributed_flags(p) -> None:
+    g = p.add_argument_group("multi-host (auto-detected on TPU pods and under SLURM)")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0, for an explicit multi-process start")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="start jax.distributed: auto (SLURM, TPU env vars detected), on (e.g. on every worker of a "
+                        "Cloud TPU pod), off")
+
+
+def _cmd_train(args: argparse.Namespace, objective: str) -> int:
+    from llada_jax.training.distributed import initialize
+
+    info = initialize(args.coordinator, args.num_processes, args.process_id, mode=args.distributed)
+    import jax
+
+    from llada_jax.config import load_config
+    from llada_jax.training.loop import make_dataset, run_training
+
+    config = load_config(args.config, [*args.overrides, f"train.objective={objective}"])
+    lead = jax.process_index() == 0
+    if lead:
+        print(f"{objective}: {config.model.num_params() / 1e6:.1f}M params, {jax.device_count()} devices "
+              f"({jax.devices()[0].device_kind}), {info['process_count']} process(es), "
+              f"run dir {config.train.checkpoint_dir}", flush=True)
+    result = run_training(config, make_dataset(config), progress=not args.no_progress)
+    if lead:
+        resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
+        print(f"{objective} {result.status} at step {result.step}{resumed}; last loss "
+              f"{result.last_metrics.get('loss', float('nan')):.4f}"
+              + (f"; skipped non-finite steps {result.skipped_steps}" if result.skipped_steps else ""), flush=True)
+    return EXIT_DIVERGED if result.status == "diverged" else 0
+
+
+def _add_train_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", type=Path, required=True, help="YAML config (model/train/data/mesh sections)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    _add_distributed_flags(p)
+    p.set_defaults(func=lambda a: _cmd_train(a, name))
+
+
+def _add_pretrain(sub) -> None:
+    _add_train_parser(sub, "pretrain", "pretrain with the masked diffusion loss (resumes from the run's checkpoints)")
+
+
+def _add_sft(sub) -> None:
+    _add_train_parser(sub, "sft", "supervised fine-tuning on prompt/response rows (prompt never masked)")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from llada_jax.training.checkpointer import export_checkpoint
+
+    out = export_checkpoint(args.run_dir, args.out, step=args.step, fmt=args.format, dtype=args.dtype)
+    print(f"exported {args.run_dir} (step {args.step if args.step is not None else 'latest'}) -> {out} ({args.format})")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a training checkpoint's params (params-only or Hugging Face layout)")
+    p.add_argument("run_dir", type=Path, help="training run directory (train.checkpoint_dir)")
+    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--format", choices=("params", "hf"), default="params")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="HF tensor dtype")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_compile_check(args: argparse.Namespace) -> int:
+    from llada_jax.training.compile_check import compile_check, format_report
+    from llada_jax.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    report = compile_check(config, args.topology, num_slices=args.num_slices)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["fits"] is not False else 1
+
+
+def _add_compile_check(sub) -> None:
+    p = sub.add_parser("compile-check", help="AOT-compile the train step for a TPU topology on this host (needs libtpu)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--topology", required=True, help="e.g. v5p:4x4x4, v5e:4x4")
+    p.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN (mesh.dcn_* sizes)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=_cmd_compile_check)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from llada_jax.cli.quickstart import run_quickstart
+
+    run_quickstart(args.workdir, steps=args.steps, prompt=args.prompt, overrides=args.overrides,
+                   log=lambda line: print(line, flush=True), progress=not args.no_progress)
+    return 0
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="train a tokenizer and a tiny LLaDA on the bundled Python docs, then sample")
+    p.add_argument("--workdir", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/quickstart.yaml)")
+    p.add_argument("--prompt", default="The for statement", help="text to continue")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of configs/quickstart.yaml")
+    p.set_defaults(func=_cmd_quickstart)
+
+
+TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_compile_check, _add_quickstart]
+

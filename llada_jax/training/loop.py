@@ -1,0 +1,248 @@
+"""The training loop driver: data in, sharded steps, metrics, checkpoints, preemption.
+
+`run_training(config, dataset)` builds the mesh, resumes from the latest checkpoint in
+`train.checkpoint_dir` (state and data iterator) or starts fresh, then runs the jitted step
+until `train.steps`. Metrics of step n are fetched while step n+1 runs (one step of lag keeps
+the device busy). Every `log_every` steps it writes loss, gradient norm, learning rate,
+tokens/s, TFLOP/s per device and MFU to JSONL and TensorBoard, and updates the progress bar.
+A non-finite step is skipped by the step itself; the loop reports it and stops after
+`max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
+SIGTERM (TPU preemption) saves at the next step boundary (with several processes, the next
+multiple of `log_every`, where they agree) and returns status "preempted".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from llada_jax.config import Config
+from llada_jax.training.metrics import MetricWriter, throughput
+from llada_jax.model.sharding import host_batch_to_global, make_mesh
+from llada_jax.training.step import abstract_state, batch_shapes, init_state, make_train_step
+from llada_jax.training.checkpointer import TrainCheckpointer
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str                      # "done" | "preempted" | "diverged"
+    step: int                        # optimizer steps completed
+    last_metrics: dict
+    skipped_steps: list[int]
+    resumed_from: int | None
+    state: Any = None                # the final TrainState (on device)
+
+
+class _StopFlag:
+    """Set by SIGTERM; with several processes, `_sync_flags` OR-s the flags across them."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+
+def _sync_flags(stop_requested: bool, save_due: bool) -> tuple[bool, bool]:
+    """(stop, save) agreed by every process: any one's SIGTERM stops all; the wall-clock save
+    decision is process 0's. One small collective, which waits for the step in flight."""
+    if jax.process_count() == 1:
+        return stop_requested, save_due
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([stop_requested, save_due]))  # [processes, 2]
+    return bool(flags[:, 0].any()), bool(flags[0, 1])
+
+
+def _host_batch(batch: dict, config: Config) -> dict:
+    train = config.train
+    out = {}
+    for k, want in batch_shapes(train, train.batch_size // jax.process_count()).items():
+        if k not in batch:
+            raise ValueError(f"data batch has no '{k}' field (has {', '.join(batch)}) for objective {train.objective}")
+        v = np.asarray(batch[k])
+        if v.shape != want:
+            raise ValueError(f"data batch '{k}' has shape {v.shape}, expected {want} "
+                             f"(train.batch_size {train.batch_size} over {jax.process_count()} processes)")
+        out[k] = v
+    return out
+
+
+def _scalars(metrics: dict) -> dict:
+    host = jax.device_get(metrics)
+    return {k: (bool(v) if k == "finite" else int(v) if k in ("step", "bad_steps") else float(v))
+            for k, v in host.items()}
+
+
+def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
+                 on_log: Callable[[dict], None] | None = None, initial_params: Any = None) -> RunResult:
+    """Train `config` on `dataset` (a Grain IterDataset of per-process batch dicts) to `train.steps`."""
+    train = config.train
+    mesh = make_mesh(config.mesh) if mesh is None else mesh
+    step_fn = make_train_step(config, mesh)
+    ckpt = TrainCheckpointer(train.checkpoint_dir, config)
+    writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
+    data_iter = iter(dataset)
+    stop = _StopFlag().install()
+    bar = None
+    try:
+        with jax.set_mesh(mesh):
+            resumed = ckpt.latest_step()
+            if resumed is not None:
+                state, data_iter = ckpt.restore(resumed, abstract_state(config, mesh), data_iter)
+            else:
+                if initial_params is None:
+                    initial_params = load_initial_params(config, mesh)
+                state = init_state(config, mesh, initial_params)
+            step = int(jax.device_get(state.step))
+            if progress and jax.process_index() == 0:
+                from tqdm import tqdm
+
+                bar = tqdm(total=train.steps, initial=step, desc=train.objective, unit="step", dynamic_ncols=True)
+            kind = mesh.devices.flat[0].device_kind
+            n_dev = mesh.devices.size
+            skipped: list[int] = []
+            consecutive_bad = 0
+            last: dict = {}
+            window = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+            t_log, steps_at_log = time.perf_counter(), step
+            t_save = time.monotonic()
+            last_saved = resumed
+            pending = None
+            status = "done"
+
+            def consume(m):
+                nonlocal consecutive_bad, last, t_log, steps_at_log
+                vals = _scalars(m)
+                last = vals
+                s = vals["step"] + 1  # metrics of the update that produced step s
+                consecutive_bad = vals["bad_steps"]  # kept in the train state, so it survives a resume
+                if not vals["finite"]:
+                    skipped.append(s)
+                    writer.write(s, {"skipped": 1.0, "loss": vals["loss"], "grad_norm": vals["grad_norm"]})
+                    if bar is not None:
+                        bar.write(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
+                                  f"update skipped ({consecutive_bad} in a row)")
+                    return
+                window["loss"] += vals["loss"]
+                window["grad_norm"] += vals["grad_norm"]
+                window["n"] += 1
+                if s % train.log_every == 0 or s == train.steps:
+                    now = time.perf_counter()
+                    dt = (now - t_log) / max(s - steps_at_log, 1)
+                    record = {"loss": window["loss"] / window["n"], "grad_norm": window["grad_norm"] / window["n"],
+                              "lr": vals["lr"], "step_time_s": dt,
+                              **throughput(config.model, train, dt, n_dev, kind)}
+                    writer.write(s, record)
+                    if on_log is not None:
+                        on_log({"step": s, **record})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                        tok_s=f"{record['tokens_per_s']:.0f}",
+                                        **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}))
+                    window.update(loss=0.0, grad_norm=0.0, n=0)
+                    t_log, steps_at_log = now, s
+
+            def flush():
+                nonlocal pending
+                if pending is not None:
+                    consume(pending)
+                    pending = None
+
+            while step < train.steps:
+                batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                flush()
+                pending = metrics
+                if bar is not None:
+                    bar.update(1)
+                if consecutive_bad >= train.max_bad_steps:
+                    status = "diverged"
+                    break
+                # Several processes agree on stopping/saving every `log_every` steps (a per-step
+                # collective would wait for each step and lose the one-step overlap); one process
+                # checks every step, for free.
+                preempt = by_time = False
+                if jax.process_count() == 1 or step % train.log_every == 0 or step == train.steps:
+                    time_due = (train.checkpoint_every_minutes > 0
+                                and time.monotonic() - t_save >= 60.0 * train.checkpoint_every_minutes)
+                    preempt, by_time = _sync_flags(stop.requested, time_due)
+                by_steps = train.checkpoint_every_steps > 0 and step % train.checkpoint_every_steps == 0
+                if preempt or by_steps or by_time or step == train.steps:
+                    flush()
+                    if consecutive_bad >= train.max_bad_steps:
+                        status = "diverged"
+                        break
+                    if consecutive_bad == 0 or preempt:
+                        ckpt.save(step, state, data_iter)
+                        last_saved, t_save = step, time.monotonic()
+                if preempt:
+                    status = "preempted"
+                    break
+            flush()
+            if status == "diverged" and bar is not None:
+                bar.write(f"stopping: {consecutive_bad} consecutive non-finite steps (last good checkpoint: "
+                          f"{last_saved})")
+            ckpt.wait()
+            return RunResult(status, step, last, skipped, resumed, state)
+    finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
+        writer.close()
+        ckpt.close()
+
+
+def make_dataset(config: Config, tokenizer=None):
+    """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch."""
+    from llada_jax import data
+    from llada_jax.io.tokenizer import check_tokenizer_matches, load_tokenizer
+
+    train = config.train
+    if tokenizer is None:
+        if not train.tokenizer:
+            raise ValueError("train.tokenizer: no tokenizer given (a sentencepiece .model, tokenizer.json or "
+                             "a directory holding one)")
+        tokenizer = load_tokenizer(train.tokenizer)
+    check_tokenizer_matches(tokenizer, config.model)
+    count = jax.process_count()
+    if train.batch_size % count:
+        raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
+    make = data.make_pretrain_dataset if train.objective == "pretrain" else data.make_sft_dataset
+    return make(config.data, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
+                shard_index=jax.process_index(), shard_count=count)
+
+
+def load_initial_params(config: Config, mesh):
+    """Params of `train.init_from` (params export or HF dir) on `mesh`, refusing another architecture."""
+    from llada_jax.io.checkpoint import load_model, read_model_config
+    from llada_jax.model.sharding import param_shardings
+    from llada_jax.training.checkpointer import IncompatibleCheckpointError, arch_differences
+
+    path = config.train.init_from
+    if not path:
+        return None
+    diffs = arch_differences(read_model_config(path), config.model)  # before reading any weights
+    if diffs:
+        raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(diffs))
+    _, params = load_model(path, shardings=param_shardings(config.model, mesh), param_dtype=config.model.param_dtype)
+    return params
