@@ -1,4 +1,4 @@
-"""`llada-jax` training subcommands: pretrain, sft, export, compile-check, quickstart.
+"""`llada-jax` training subcommands: pretrain, sft, export, compile-check, quickstart, plot.
 
 Thin: parse, start multi-host if asked, call the library, print a summary. Registered in
 `cli.main` through `TRAIN_SUBCOMMANDS`.
@@ -32,6 +32,7 @@ def _cmd_train(args: argparse.Namespace, objective: str) -> int:
 
     from llada_jax.config import load_config
     from llada_jax.training.loop import make_dataset, run_training
+    from llada_jax.training.timing import format_summary
 
     config = load_config(args.config, [*args.overrides, f"train.objective={objective}"])
     lead = jax.process_index() == 0
@@ -39,12 +40,14 @@ def _cmd_train(args: argparse.Namespace, objective: str) -> int:
         print(f"{objective}: {config.model.num_params() / 1e6:.1f}M params, {jax.device_count()} devices "
               f"({jax.devices()[0].device_kind}), {info['process_count']} process(es), "
               f"run dir {config.train.checkpoint_dir}", flush=True)
-    result = run_training(config, make_dataset(config), progress=not args.no_progress)
+    eval_dataset = make_dataset(config, split="eval") if config.train.eval_every > 0 else None
+    result = run_training(config, make_dataset(config), progress=not args.no_progress, eval_dataset=eval_dataset)
     if lead:
         resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
         print(f"{objective} {result.status} at step {result.step}{resumed}; last loss "
               f"{result.last_metrics.get('loss', float('nan')):.4f}"
               + (f"; skipped non-finite steps {result.skipped_steps}" if result.skipped_steps else ""), flush=True)
+        print(f"time: {format_summary(result.timing)}", flush=True)
     return EXIT_DIVERGED if result.status == "diverged" else 0
 
 
@@ -121,5 +124,20 @@ def _add_quickstart(sub) -> None:
     p.set_defaults(func=_cmd_quickstart)
 
 
-TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_compile_check, _add_quickstart]
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from llada_jax.training.plot import plot_training_curves
+
+    out = plot_training_curves(args.run_dir, args.out if args.out is not None else args.run_dir / "curves.png")
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot a run's training curves (loss, lr, grad norm, tokens/s, MFU, eval) to a PNG")
+    p.add_argument("run_dir", type=Path, help="training run directory (holds metrics.jsonl)")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+
+
+TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_compile_check, _add_quickstart, _add_plot]
 

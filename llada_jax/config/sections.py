@@ -192,6 +192,11 @@ class TrainConfig(Section):
     tensorboard: bool = True
     max_bad_steps: int = 10              # consecutive non-finite steps before the run stops
     peak_tflops: float | None = None     # per-device peak for MFU; None: look up the device table
+    eval_every: int = 0                  # validation every N steps (and at the last); 0: never
+    eval_batches: int = 8                # global batches of `batch_size` rows in the fixed validation set
+    profile_steps: tuple[int, ...] | None = None  # [start, stop]: trace optimizer steps start..stop (1-based)
+    profile_on_demand_steps: int = 3     # steps traced after SIGUSR1 or a touched RUN/PROFILE file
+    input_wait_warning: float = 0.1      # warn when input wait exceeds this share of step time; 0: never
 
     @property
     def tokens_per_step(self) -> int:
@@ -214,6 +219,12 @@ class TrainConfig(Section):
             raise ConfigError(f"{w}: random_length_prob must be in [0, 1] and noise_eps in (0, 1)")
         if self.peak_tflops is not None:
             self.check_positive(w, "peak_tflops")
+        self.check_nonnegative(w, "eval_every", "input_wait_warning")
+        self.check_positive(w, "eval_batches", "profile_on_demand_steps")
+        if self.profile_steps is not None:
+            p = self.profile_steps
+            if len(p) != 2 or not 1 <= p[0] <= p[1]:
+                raise ConfigError(f"{w}.profile_steps: expected [start, stop] with 1 <= start <= stop, got {list(p)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +276,8 @@ class DataConfig(Section):
     messages_field: str = "messages"
     too_long: str = "drop"            # SFT rows longer than seq_len: "drop" or "truncate" (both counted)
     on_error: str = "raise"           # malformed rows: "raise" (with file:line) or "skip" (counted)
+    eval_files: tuple[str, ...] = ()  # validation data (same formats as `files`)
+    eval_fraction: float = 0.0        # or: hold out this share of the documents (SFT: rows) of `files`
 
     def validate(self, where: str | None = None) -> None:
         w = where or "DataConfig"
@@ -275,6 +288,10 @@ class DataConfig(Section):
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise ConfigError(f"{w}.num_epochs: must be positive or null (repeat forever), got {self.num_epochs}")
         self.check_nonnegative(w, "shuffle_window", "worker_count", "read_threads")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"{w}.eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_fraction > 0 and self.eval_files:
+            raise ConfigError(f"{w}: set eval_files or eval_fraction, not both")
         self.check_positive(w, "worker_buffer_size", "prefetch_buffer_size")
         if self.chat_template not in ("llada", "plain") and "{content}" not in self.chat_template:
             raise ConfigError(f"{w}.chat_template: expected 'llada', 'plain' or a format string containing "

@@ -8,6 +8,7 @@ import numpy as np
 from llada_jax.data.packing import PackIterDataset
 from llada_jax.data.pipeline import check_pipeline_args, shard, shuffle_repeat, stack_tokens, to_iter, worker_prefetch
 from llada_jax.data.sources import DataStats, open_documents
+from llada_jax.data.split import split_documents
 
 
 class TokenizeDocument:
@@ -25,7 +26,7 @@ class TokenizeDocument:
 
 def make_pretrain_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *, seed: int,
                           shard_index: int = 0, shard_count: int = 1,
-                          stats: DataStats | None = None) -> grain.IterDataset:
+                          stats: DataStats | None = None, split: str = "train") -> grain.IterDataset:
     """Batches {"tokens": int32 [batch_size, seq_len]} of packed documents for this process.
 
     Documents of `data_cfg.files` are split into `shard_count` disjoint strided shards (one per
@@ -34,11 +35,12 @@ def make_pretrain_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *,
     `seq_len`; rows are optionally shuffled in windows of `data_cfg.shuffle_window`. The
     iterator's `get_state`/`set_state` (and Grain's Orbax `CheckpointSave`) resume exactly.
     `stats` (optional) receives the counts of documents, empty and skipped rows.
+    `split` picks the training documents or the ones held out by `data_cfg.eval_fraction`.
     With a finite `num_epochs`, processes may see different numbers of batches (shards hold
     different token counts): multi-host runs should train a fixed number of steps instead.
     """
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
-    docs = open_documents(data_cfg, stats)
+    docs = split_documents(open_documents(data_cfg, stats), data_cfg.eval_fraction, split)
     ds = shard(grain.MapDataset.source(docs), shard_index=shard_index, shard_count=shard_count, what="documents")
     ds = shuffle_repeat(ds, data_cfg, seed=seed)
     rows = PackIterDataset(to_iter(ds.map(TokenizeDocument(tokenizer)), data_cfg), seq_len)

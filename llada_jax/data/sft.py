@@ -15,6 +15,7 @@ import numpy as np
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
 from llada_jax.data.pipeline import check_pipeline_args, shuffle_repeat, to_iter, worker_prefetch
 from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
+from llada_jax.data.split import in_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,19 +34,24 @@ class SFTRows:
 
 
 def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, shard_count: int = 1,
-                   stats: DataStats | None = None) -> SFTRows:
+                   stats: DataStats | None = None, split: str = "train") -> SFTRows:
     """Validate every JSONL row of `data_cfg.files`, then tokenize this process's strided shard.
 
     A row is prompt + response + [EOS]. Longer than `seq_len`: dropped, or (too_long=truncate)
     cut to `seq_len` when the prompt leaves room for at least one response token.
+    `split` keeps the training rows or the ones held out by `data_cfg.eval_fraction`.
     """
     stats = stats if stats is not None else DataStats()
     mine = []   # this process's rows, parsed while every row is validated: (messages, response)
-    total = 0   # valid rows so far, over all files
+    total = 0   # valid rows of `split` so far, over all files
+    seen = 0    # valid rows of both splits so far
 
     def keep(obj) -> bool:
-        nonlocal total
+        nonlocal total, seen
         parsed = parse_sft_row(obj, data_cfg)  # ValueError on a malformed row
+        seen += 1
+        if not in_split(seen - 1, data_cfg.eval_fraction, split):
+            return True
         if total % shard_count == shard_index:
             mine.append(parsed)
         total += 1
@@ -95,7 +101,7 @@ class PadRow:
 
 def make_sft_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *, seed: int,
                      shard_index: int = 0, shard_count: int = 1,
-                     stats: DataStats | None = None) -> grain.IterDataset:
+                     stats: DataStats | None = None, split: str = "train") -> grain.IterDataset:
     """Batches {"tokens": int32 [batch_size, seq_len], "prompt_lengths": int32 [batch_size]}.
 
     This process's shard of the SFT rows (see `build_sft_rows`), shuffled by `seed` (anew each
@@ -105,7 +111,7 @@ def make_sft_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, *, seed
     """
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
     rows = build_sft_rows(data_cfg, tokenizer, seq_len, shard_index=shard_index, shard_count=shard_count,
-                          stats=stats)
+                          stats=stats, split=split)
     ds = shuffle_repeat(grain.MapDataset.source(rows), data_cfg, seed=seed)
     batches = to_iter(ds.map(PadRow(seq_len, tokenizer.eos_id)), data_cfg).batch(batch_size, drop_remainder=True)
     return worker_prefetch(batches, data_cfg)

@@ -9,6 +9,8 @@ A non-finite step is skipped by the step itself; the loop reports it and stops a
 `max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
 SIGTERM (TPU preemption) saves at the next step boundary (with several processes, the next
 multiple of `log_every`, where they agree) and returns status "preempted".
+Hooks of its own modules: validation every `eval_every` steps (`validation`), traces of chosen
+steps (`profiling`), and the wall time split by what it was spent on (`timing`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from llada_jax.training.metrics import MetricWriter, throughput
 from llada_jax.model.sharding import host_batch_to_global, make_mesh
 from llada_jax.training.step import abstract_state, batch_shapes, init_state, make_train_step
 from llada_jax.training.checkpointer import TrainCheckpointer
+from llada_jax.training.profiling import Profiler
+from llada_jax.training.timing import StepTimer
+from llada_jax.training.validation import eval_due, make_validator
 
 
 @dataclasses.dataclass
@@ -37,6 +42,7 @@ class RunResult:
     skipped_steps: list[int]
     resumed_from: int | None
     state: Any = None                # the final TrainState (on device)
+    timing: dict = dataclasses.field(default_factory=dict)  # StepTimer.summary(): goodput and totals
 
 
 class _StopFlag:
@@ -93,8 +99,12 @@ def _scalars(metrics: dict) -> dict:
 
 
 def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
-                 on_log: Callable[[dict], None] | None = None, initial_params: Any = None) -> RunResult:
-    """Train `config` on `dataset` (a Grain IterDataset of per-process batch dicts) to `train.steps`."""
+                 on_log: Callable[[dict], None] | None = None, initial_params: Any = None,
+                 eval_dataset=None) -> RunResult:
+    """Train `config` on `dataset` (a Grain IterDataset of per-process batch dicts) to `train.steps`.
+
+    `eval_dataset` (same batches, e.g. `make_dataset(config, split="eval")`) is the validation data.
+    """
     train = config.train
     mesh = make_mesh(config.mesh) if mesh is None else mesh
     step_fn = make_train_step(config, mesh)
@@ -102,6 +112,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
     writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
     data_iter = iter(dataset)
     stop = _StopFlag().install()
+    profiler = Profiler(train.checkpoint_dir, train).install()
+    timer = StepTimer()
     bar = None
     try:
         with jax.set_mesh(mesh):
@@ -113,6 +125,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
             step = int(jax.device_get(state.step))
+            validator = make_validator(config, mesh, eval_dataset)
+            shown: dict = {}  # validation loss on the progress bar
             if progress and jax.process_index() == 0:
                 from tqdm import tqdm
 
@@ -150,14 +164,16 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     dt = (now - t_log) / max(s - steps_at_log, 1)
                     record = {"loss": window["loss"] / window["n"], "grad_norm": window["grad_norm"] / window["n"],
                               "lr": vals["lr"], "step_time_s": dt,
-                              **throughput(config.model, train, dt, n_dev, kind)}
+                              **throughput(config.model, train, dt, n_dev, kind), **timer.split()}
+                    timer.check_input_wait(record, train.input_wait_warning, config.data, f"{steps_at_log + 1}-{s}")
                     writer.write(s, record)
                     if on_log is not None:
                         on_log({"step": s, **record})
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                         tok_s=f"{record['tokens_per_s']:.0f}",
-                                        **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}))
+                                        **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}),
+                                        **shown)
                     window.update(loss=0.0, grad_norm=0.0, n=0)
                     t_log, steps_at_log = now, s
 
@@ -168,16 +184,26 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     pending = None
 
             while step < train.steps:
-                batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                flush()
+                profiler.before_step(step + 1)
+                with timer.section("data"):
+                    batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
+                with timer.section("step"):
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    flush()
                 pending = metrics
                 if bar is not None:
                     bar.update(1)
                 if consecutive_bad >= train.max_bad_steps:
                     status = "diverged"
                     break
+                with timer.section("profile"):
+                    profiler.after_step(step, state)
+                if validator is not None and eval_due(step, train):
+                    with timer.section("eval"):
+                        values = validator(state.params)
+                    writer.write(step, values)
+                    shown["eval"] = f"{values['eval/loss']:.4f}"
                 # Several processes agree on stopping/saving every `log_every` steps (a per-step
                 # collective would wait for each step and lose the one-step overlap); one process
                 # checks every step, for free.
@@ -188,33 +214,46 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     preempt, by_time = _sync_flags(stop.requested, time_due)
                 by_steps = train.checkpoint_every_steps > 0 and step % train.checkpoint_every_steps == 0
                 if preempt or by_steps or by_time or step == train.steps:
-                    flush()
+                    with timer.section("step"):
+                        flush()
                     if consecutive_bad >= train.max_bad_steps:
                         status = "diverged"
                         break
                     if consecutive_bad == 0 or preempt:
-                        ckpt.save(step, state, data_iter)
+                        with timer.section("save"):
+                            ckpt.save(step, state, data_iter)
                         last_saved, t_save = step, time.monotonic()
                 if preempt:
                     status = "preempted"
                     break
-            flush()
+            with timer.section("step"):
+                flush()
             if status == "diverged" and bar is not None:
                 bar.write(f"stopping: {consecutive_bad} consecutive non-finite steps (last good checkpoint: "
                           f"{last_saved})")
-            ckpt.wait()
-            return RunResult(status, step, last, skipped, resumed, state)
+            with timer.section("save"):
+                ckpt.wait()
+            summary = timer.summary()
+            writer.write(step, summary)
+            return RunResult(status, step, last, skipped, resumed, state, summary)
     finally:
         stop.uninstall()
+        profiler.close()
+        timer.close()
         if bar is not None:
             bar.close()
         writer.close()
         ckpt.close()
 
 
-def make_dataset(config: Config, tokenizer=None):
-    """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch."""
+def make_dataset(config: Config, tokenizer=None, split: str = "train"):
+    """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch.
+
+    `split="eval"`: the validation pipeline (`data.eval_files` or the held-out `data.eval_fraction`),
+    or None when neither is set.
+    """
     from llada_jax import data
+    from llada_jax.data.split import eval_data_config
     from llada_jax.io.tokenizer import check_tokenizer_matches, load_tokenizer
 
     train = config.train
@@ -227,9 +266,14 @@ def make_dataset(config: Config, tokenizer=None):
     count = jax.process_count()
     if train.batch_size % count:
         raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
+    data_cfg, part = config.data, split
+    if split == "eval":
+        if eval_data_config(config.data) is None:
+            return None
+        data_cfg, part = eval_data_config(config.data)
     make = data.make_pretrain_dataset if train.objective == "pretrain" else data.make_sft_dataset
-    return make(config.data, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
-                shard_index=jax.process_index(), shard_count=count)
+    return make(data_cfg, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
+                shard_index=jax.process_index(), shard_count=count, split=part)
 
 
 def load_initial_params(config: Config, mesh):

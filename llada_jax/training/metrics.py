@@ -4,6 +4,7 @@ FLOPs come from `ModelConfig.flops_per_token` with full bidirectional attention 
 halving) and the backward pass (x3). Peak FLOP/s per device come from `PEAK_TFLOPS` (dense
 bf16, by device kind) unless the config overrides them. Writers put one JSON object per line
 in `metrics.jsonl` and TensorBoard events (tensorboardX) under `tb/`; only process 0 writes.
+Keys with a group prefix (`eval/`, `time/`) keep it as their TensorBoard tag; the rest go under `train/`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def throughput(model: ModelConfig, train: TrainConfig, seconds_per_step: float, 
     }
 
 
+def tensorboard_tag(key: str) -> str:
+    """TensorBoard tag of a metric: grouped keys (`eval/loss`, `time/data`) as they are, others under `train/`."""
+    return key if "/" in key else f"train/{key}"
+
+
 class MetricWriter:
     """Appends metric dicts to `<dir>/metrics.jsonl` and TensorBoard scalars (process 0 only)."""
 
@@ -108,7 +114,7 @@ class MetricWriter:
         if self._tb is not None:
             for k, v in clean.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self._tb.add_scalar(f"train/{k}", v, int(step))
+                    self._tb.add_scalar(tensorboard_tag(k), v, int(step))
             self._tb.flush()
 
     def close(self) -> None:

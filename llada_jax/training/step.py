@@ -186,7 +186,8 @@ def batch_shardings(train: TrainConfig, mesh: Mesh) -> dict:
 # TrainConfig fields that do not change the compiled step (bookkeeping of the loop around it).
 _LOOP_ONLY_FIELDS = ("seed", "init_from", "tokenizer", "checkpoint_dir", "checkpoint_every_steps",
                      "checkpoint_every_minutes", "max_to_keep", "async_checkpointing", "log_every", "tensorboard",
-                     "max_bad_steps", "peak_tflops")
+                     "max_bad_steps", "peak_tflops", "eval_every", "eval_batches", "profile_steps",
+                     "profile_on_demand_steps", "input_wait_warning")
 
 
 def make_train_step(config: Config, mesh: Mesh):
