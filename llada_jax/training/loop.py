@@ -126,6 +126,7 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 state = init_state(config, mesh, initial_params)
             step = int(jax.device_get(state.step))
             validator = make_validator(config, mesh, eval_dataset)
+            timer.mark("setup")  # restore or init, validation set (their compiles count as compile)
             shown: dict = {}  # validation loss on the progress bar
             if progress and jax.process_index() == 0:
                 from tqdm import tqdm

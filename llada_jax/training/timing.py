@@ -2,8 +2,9 @@
 
 The loop wraps its parts in `StepTimer.section(name)`: `step` (dispatching the train step and
 waiting for its metrics: device compute), `data` (waiting for the input pipeline and placing
-the batch), `save` (the blocking part of a checkpoint save), `eval` (validation) and `profile`
-(stopping a trace). Compilation is taken out of whichever section it happened in, from JAX's
+the batch), `save` (the blocking part of a checkpoint save), `eval` (validation), `profile`
+(stopping a trace) and `setup` (start-up before the first step: restore or init, validation set;
+charged by `mark`). Compilation is taken out of whichever section it happened in, from JAX's
 own compile-time events (tracing, lowering, backend compile) on the loop's thread, and counted
 as `compile`. `split()` returns the interval's `time/<name>` seconds and `time/wall`, measured
 independently, so their difference is what no section covers (logging, bookkeeping).
@@ -20,7 +21,7 @@ from typing import Callable
 
 import jax
 
-CATEGORIES = ("step", "data", "save", "compile", "eval", "profile")
+CATEGORIES = ("step", "data", "save", "compile", "eval", "profile", "setup")
 # JAX's compile-time events (jax/_src/dispatch.py); they do not nest.
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
@@ -40,7 +41,8 @@ class StepTimer:
         self._open: list | None = None  # [name, start, compiled at start] of the running section
         self._interval = dict.fromkeys(CATEGORIES, 0.0)
         self._total = dict.fromkeys(CATEGORIES, 0.0)
-        self._t_split = self._t_start = clock()
+        self._t_split = self._t_start = self._t_free = clock()
+        self._compiled_free = 0.0
         self._last_warning: float | None = None
         self._listener = self._on_event
         jax.monitoring.register_event_duration_secs_listener(self._listener)
@@ -68,8 +70,15 @@ class StepTimer:
         finally:
             self._charge(name, self._open[1], self._open[2], self._clock())
             self._open = outer
+            self._t_free, self._compiled_free = self._clock(), self._compiled
             if outer is not None:
-                outer[1], outer[2] = self._clock(), self._compiled
+                outer[1], outer[2] = self._t_free, self._compiled
+
+    def mark(self, name: str) -> None:
+        """Charge the time since the last section ended (or the timer started) to `name`."""
+        now = self._clock()
+        self._charge(name, self._t_free, self._compiled_free, now)
+        self._t_free, self._compiled_free = now, self._compiled
 
     def split(self) -> dict[str, float]:
         """`time/<category>` and `time/wall` seconds since the last split (a running section up to now)."""
