@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import llada_jax as lj
-from llada_jax.data.split import in_split, is_held_out
 from llada_jax.training.loop import run_training
 from llada_jax.training.metrics import read_metrics
 from llada_jax.training.validation import Validator, elbo_noise, eval_key, loss_noise
@@ -143,11 +142,3 @@ def test_grid_elbo_spread_over_seeds_is_lower_than_random_t(run):
     print(f"ELBO spread over 8 seeds: grid {np.std(grid):.4f}, random t {np.std(rand):.4f} nats ({ratio:.1f}x)")
     assert np.std(grid) < np.std(rand)
     assert abs(np.mean(grid) - np.mean(rand)) < 3 * np.std(rand)  # the same quantity, estimated two ways
-
-
-def test_held_out_split_is_even_and_disjoint():
-    n, f = 1000, 0.05
-    held = [i for i in range(n) if is_held_out(i, f)]
-    assert len(held) == int(n * f) and np.all(np.diff(held) == 20)
-    assert all(in_split(i, f, "train") != in_split(i, f, "eval") for i in range(n))
-    assert not any(is_held_out(i, 0.0) for i in range(n))
