@@ -258,6 +258,12 @@ def make_dataset(config: Config, tokenizer=None, split: str = "train"):
     from llada_jax.io.tokenizer import check_tokenizer_matches, load_tokenizer
 
     train = config.train
+    data_cfg, part = config.data, split
+    if split == "eval":
+        found = eval_data_config(config.data)
+        if found is None:
+            return None
+        data_cfg, part = found
     if tokenizer is None:
         if not train.tokenizer:
             raise ValueError("train.tokenizer: no tokenizer given (a sentencepiece .model, tokenizer.json or "
@@ -267,11 +273,6 @@ def make_dataset(config: Config, tokenizer=None, split: str = "train"):
     count = jax.process_count()
     if train.batch_size % count:
         raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
-    data_cfg, part = config.data, split
-    if split == "eval":
-        if eval_data_config(config.data) is None:
-            return None
-        data_cfg, part = eval_data_config(config.data)
     make = data.make_pretrain_dataset if train.objective == "pretrain" else data.make_sft_dataset
     return make(data_cfg, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
                 shard_index=jax.process_index(), shard_count=count, split=part)

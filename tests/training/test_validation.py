@@ -142,3 +142,14 @@ def test_grid_elbo_spread_over_seeds_is_lower_than_random_t(run):
     print(f"ELBO spread over 8 seeds: grid {np.std(grid):.4f}, random t {np.std(rand):.4f} nats ({ratio:.1f}x)")
     assert np.std(grid) < np.std(rand)
     assert abs(np.mean(grid) - np.mean(rand)) < 3 * np.std(rand)  # the same quantity, estimated two ways
+
+
+def test_validation_is_the_same_on_one_and_eight_devices(tiny_params, tmp_path):
+    from llada_jax.config import MeshConfig
+    from llada_jax.model.sharding import make_mesh
+
+    config = _config(tmp_path)
+    one = Validator(config, make_mesh(MeshConfig(), jax.devices()[:1]), _eval_data())(tiny_params)
+    eight = Validator(config, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), _eval_data())(tiny_params)
+    for k, v in one.items():
+        assert eight[k] == pytest.approx(v, rel=2e-5), k
