@@ -108,6 +108,7 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
     train = config.train
     mesh = make_mesh(config.mesh) if mesh is None else mesh
     step_fn = make_train_step(config, mesh)
+    validator = make_validator(config, mesh, eval_dataset)  # before anything is written
     ckpt = TrainCheckpointer(train.checkpoint_dir, config)
     writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
     data_iter = iter(dataset)
@@ -125,8 +126,7 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
             step = int(jax.device_get(state.step))
-            validator = make_validator(config, mesh, eval_dataset)
-            timer.mark("setup")  # restore or init, validation set (their compiles count as compile)
+            timer.mark("setup")  # restore or init (their compiles count as compile)
             shown: dict = {}  # validation loss on the progress bar
             if progress and jax.process_index() == 0:
                 from tqdm import tqdm

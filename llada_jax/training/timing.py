@@ -3,8 +3,8 @@
 The loop wraps its parts in `StepTimer.section(name)`: `step` (dispatching the train step and
 waiting for its metrics: device compute), `data` (waiting for the input pipeline and placing
 the batch), `save` (the blocking part of a checkpoint save), `eval` (validation), `profile`
-(stopping a trace) and `setup` (start-up before the first step: restore or init, validation set;
-charged by `mark`). Compilation is taken out of whichever section it happened in, from JAX's
+(stopping a trace) and `setup` (start-up before the first step: restore or init; charged by
+`mark`). Compilation is taken out of whichever section it happened in, from JAX's
 own compile-time events (tracing, lowering, backend compile) on the loop's thread, and counted
 as `compile`. `split()` returns the interval's `time/<name>` seconds and `time/wall`, measured
 independently, so their difference is what no section covers (logging, bookkeeping).

@@ -10,6 +10,7 @@ import pytest
 import llada_jax as lj
 from llada_jax.training.loop import run_training
 from llada_jax.training.metrics import read_metrics
+from llada_jax.training.step import make_train_step
 from llada_jax.training.validation import Validator, elbo_noise, eval_key, loss_noise
 
 from train_worker import worker_config, worker_dataset, worker_mesh
@@ -93,6 +94,8 @@ def test_validation_matches_independent_computation(run):
     got = np.sort(np.concatenate([c for c, _ in counts]))
     np.testing.assert_array_equal(got, np.floor((np.arange(16) + 0.5) / 16 * 16).astype(int) + 1)
     assert evals[2]["eval/loss"] != evals[6]["eval/loss"]  # params changed, so the numbers did
+    # its own jitted step: the train step was compiled once, evaluations did not touch it
+    assert make_train_step(_config(run_dir), worker_mesh()).jitted._cache_size() == 1
 
 
 def test_sft_validation_counts_answer_tokens_only(tiny_cfg, tiny_params, tmp_path):
@@ -153,3 +156,17 @@ def test_validation_is_the_same_on_one_and_eight_devices(tiny_params, tmp_path):
     eight = Validator(config, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), _eval_data())(tiny_params)
     for k, v in one.items():
         assert eight[k] == pytest.approx(v, rel=2e-5), k
+
+
+def test_config_fields_are_validated(tmp_path):
+    from llada_jax.config import ConfigError
+
+    for bad, match in ((["data.eval_fraction=0.1", "data.eval_files=[x.txt]"], "eval_files or eval_fraction"),
+                       (["data.eval_fraction=1.0"], r"data.eval_fraction: must be in \[0, 1\)"),
+                       (["train.profile_steps=[3,2]"], r"train.profile_steps: expected \[start, stop\]"),
+                       (["train.eval_batches=0"], "eval_batches")):
+        with pytest.raises(ConfigError, match=match):
+            _config(tmp_path, STEPS, *bad)
+    with pytest.raises(ValueError, match="train.eval_every=2 but no validation data"):
+        run_training(_config(tmp_path / "run"), worker_dataset(), mesh=worker_mesh(), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
