@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from llada_jax.data.sources import DataError, DataStats
+from llada_jax.data.errors import DataError, DataStats
 from llada_jax.io.paths import as_path, path_str
 
 _CACHED_ROW_GROUPS = 4

@@ -15,7 +15,6 @@ default a temporary directory removed at exit).
 
 from __future__ import annotations
 
-import dataclasses
 import atexit
 import functools
 import json
@@ -23,52 +22,14 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from etils import epath
 
+from llada_jax.data.errors import DataError, DataStats
+from llada_jax.data.parquet import ParquetSource
 from llada_jax.io.paths import as_path, glob_files, is_remote, path_str, walk_files
-
-
-class DataError(ValueError):
-    """A malformed input row or file; the message starts with `file:line` (or `file: record i`)."""
-
-
-@dataclasses.dataclass
-class DataStats:
-    """Counters filled while a pipeline is built (and, for ArrayRecord skips, while it is read).
-
-    documents: documents or rows indexed; skipped: malformed rows skipped (on_error=skip);
-    empty: empty documents left out; rows: SFT rows kept (this shard); dropped / truncated:
-    SFT rows longer than seq_len (this shard).
-    """
-
-    documents: int = 0
-    skipped: int = 0
-    empty: int = 0
-    rows: int = 0
-    dropped: int = 0
-    truncated: int = 0
-
-    def __post_init__(self):
-        self._lock = threading.Lock()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def __getstate__(self):  # picklable for worker processes (the lock is not)
-        return self.as_dict()
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.__post_init__()
 
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}  # ArrayRecord suffixes are matched by prefix (sharded names)
@@ -302,8 +263,6 @@ def open_documents(data_cfg, stats: DataStats | None = None) -> DocumentSource:
         elif kind == "jsonl":
             sources.append(jsonl_source(path, data_cfg.text_field, data_cfg.on_error, stats))
         elif kind == "parquet":
-            from llada_jax.data.parquet import ParquetSource
-
             sources.append(ParquetSource(path, data_cfg.text_field, data_cfg.on_error, stats))
         else:
             sources.append(ArrayRecordSource(path, data_cfg.record_format, data_cfg.text_field,
