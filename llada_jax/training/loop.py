@@ -14,8 +14,7 @@ multiple of `log_every`, where they agree) and returns status "preempted".
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
+import sys
 import time
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ from llada_jax.training.metrics import MetricWriter, throughput
 from llada_jax.model.sharding import host_batch_to_global, make_mesh
 from llada_jax.training.step import abstract_state, batch_shapes, init_state, make_train_step
 from llada_jax.training.checkpointer import TrainCheckpointer
+from llada_jax.training.preemption import StopFlag
 
 
 @dataclasses.dataclass
@@ -37,28 +37,6 @@ class RunResult:
     skipped_steps: list[int]
     resumed_from: int | None
     state: Any = None                # the final TrainState (on device)
-
-
-class _StopFlag:
-    """Set by SIGTERM; with several processes, `_sync_flags` OR-s the flags across them."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def install(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def uninstall(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
 
 
 def _sync_flags(stop_requested: bool, save_due: bool) -> tuple[bool, bool]:
@@ -101,14 +79,17 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
     ckpt = TrainCheckpointer(train.checkpoint_dir, config)
     writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
     data_iter = iter(dataset)
-    stop = _StopFlag().install()
+    stop = StopFlag().install()
     bar = None
+
+    def say(line: str) -> None:  # through the bar when there is one; also with --no-progress
+        if jax.process_index() == 0:
+            bar.write(line) if bar is not None else print(line, file=sys.stderr, flush=True)
+
     try:
         with jax.set_mesh(mesh):
-            resumed = ckpt.latest_step()
-            if resumed is not None:
-                state, data_iter = ckpt.restore(resumed, abstract_state(config, mesh), data_iter)
-            else:
+            state, data_iter, resumed = ckpt.restore_latest(abstract_state(config, mesh), data_iter, report=say)
+            if resumed is None:
                 if initial_params is None:
                     initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
@@ -138,9 +119,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 if not vals["finite"]:
                     skipped.append(s)
                     writer.write(s, {"skipped": 1.0, "loss": vals["loss"], "grad_norm": vals["grad_norm"]})
-                    if bar is not None:
-                        bar.write(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
-                                  f"update skipped ({consecutive_bad} in a row)")
+                    say(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
+                        f"update skipped ({consecutive_bad} in a row)")
                     return
                 window["loss"] += vals["loss"]
                 window["grad_norm"] += vals["grad_norm"]
@@ -173,6 +153,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 step += 1
                 flush()
                 pending = metrics
+                if consecutive_bad >= train.max_bad_steps - 1:
+                    flush()  # one more bad step stops the run: know now, not one step later
                 if bar is not None:
                     bar.update(1)
                 if consecutive_bad >= train.max_bad_steps:
@@ -199,9 +181,11 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     status = "preempted"
                     break
             flush()
-            if status == "diverged" and bar is not None:
-                bar.write(f"stopping: {consecutive_bad} consecutive non-finite steps (last good checkpoint: "
-                          f"{last_saved})")
+            if status == "diverged":
+                say(f"stopping: {consecutive_bad} consecutive non-finite steps (last verified checkpoint: "
+                    f"{'none' if last_saved is None else f'step {last_saved}'})")
+            elif status == "preempted":
+                say(f"stopping: SIGTERM received; saved a checkpoint at step {step}")
             ckpt.wait()
             return RunResult(status, step, last, skipped, resumed, state)
     finally:
