@@ -1,9 +1,10 @@
 """The training loop driver: data in, sharded steps, metrics, checkpoints, preemption.
 
-`run_training(config, dataset)` builds the mesh, resumes from the latest checkpoint in
-`train.checkpoint_dir` (state and data iterator) or starts fresh, then runs the jitted step
-until `train.steps`. Metrics of step n are fetched while step n+1 runs (one step of lag keeps
-the device busy). Every `log_every` steps it writes loss, gradient norm, learning rate,
+`run_training(config, dataset)` builds the mesh, resumes from the newest checkpoint in
+`train.checkpoint_dir` that verifies (state and data iterator; see `TrainCheckpointer.
+restore_latest`) or starts fresh, then runs the jitted step until `train.steps`. Metrics of
+step n are fetched while step n+1 runs (one step of lag keeps the device busy; within one bad
+step of `max_bad_steps` they are fetched at once, so the run stops after exactly that many). Every `log_every` steps it writes loss, gradient norm, learning rate,
 tokens/s, TFLOP/s per device and MFU to JSONL and TensorBoard, and updates the progress bar.
 A non-finite step is skipped by the step itself; the loop reports it and stops after
 `max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
