@@ -29,3 +29,21 @@ def tiny_params(tiny_cfg):
     from llada_jax.model.transformer import init_params
 
     return init_params(tiny_cfg, jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server for the whole session (see tests/gcs_emulator.py)."""
+    import gcs_emulator
+
+    server = gcs_emulator.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(gcs_server):
+    """A fresh, empty `gs://` bucket on the session's emulator."""
+    import gcs_emulator
+
+    return gcs_emulator.new_bucket()

@@ -104,10 +104,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     rows = run_sweep(params, cfg, tokenizer, task, grid, args.out, base=sample, batch_size=args.batch_size,
                      seed=args.seed, chat=not args.no_chat, mesh=eval_mesh(args.mesh), on_cell=on_cell)
     bar.close()
-    print((args.out / TABLE_NAME).read_text())
+    from llada_jax.io.paths import as_path
+
+    out = as_path(args.out)
+    print((out / TABLE_NAME).read_text())
     ran = sum(r.get("compiled") in ("new", "reused") for r in rows)
     print(f"{len(rows)} cells ({ran} run now, {sum(r.get('status') == 'skipped' for r in rows)} skipped); "
-          f"wrote {args.out / CSV_NAME}, {args.out / TABLE_NAME}, {args.out / PLOT_CALLS}, {args.out / PLOT_SPEED}")
+          f"wrote {out / CSV_NAME}, {out / TABLE_NAME}, {out / PLOT_CALLS}, {out / PLOT_SPEED}")
     return 0
 
 
@@ -118,7 +121,7 @@ def _add_sweep(sub) -> None:
     add_sampler_flags(p)
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
                    help="sampler options and values, e.g. steps=8,16 block_length=4,8 threshold=none,0.9")
-    p.add_argument("--out", type=Path, required=True, help="output directory (re-runs skip finished cells)")
+    p.add_argument("--out", required=True, help="output directory, local or gs://... (re-runs skip finished cells)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_sweep)
 

@@ -2,7 +2,9 @@
 
 Each group module (`tools`, `train`, `evaluate`, `generate`) lists its subcommand registrars,
 each an `_add_<name>(subparsers)` that sets `func`. Errors the user can fix (bad config,
-missing files) are printed as one line and exit with status 2.
+missing or damaged files, a checkpoint that does not verify) are printed as one line and exit
+with status 2; so is a path that cannot be written (`FileExistsError`, `IsADirectoryError`,
+`NotADirectoryError`, `PermissionError`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = str(message).strip().splitlines()[0] if str(message).strip() else type(e).__name__
         print(f"llada-jax {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 def add_model_flags(p) -> None:
     """--checkpoint, --tokenizer and --mesh."""
-    p.add_argument("--checkpoint", type=Path, required=True, help="llada-jax params export or HF LLaDA directory")
-    p.add_argument("--tokenizer", type=Path, default=None,
+    p.add_argument("--checkpoint", required=True, help="llada-jax params export or HF LLaDA directory (local or gs://...)")
+    p.add_argument("--tokenizer", default=None,
                    help="sentencepiece .model / tokenizer.json / directory (default: the checkpoint directory, "
                         "then the checkpoint config's train.tokenizer)")
     p.add_argument("--mesh", choices=("auto", "none"), default="auto",

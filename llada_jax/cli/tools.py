@@ -6,7 +6,6 @@ Thin: parse, call the library, print a summary. Registered in `cli.main` through
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _cmd_convert_hf(args: argparse.Namespace) -> int:
@@ -21,8 +20,8 @@ def _cmd_convert_hf(args: argparse.Namespace) -> int:
 
 def _add_convert_hf(sub) -> None:
     p = sub.add_parser("convert-hf", help="convert a Hugging Face LLaDA directory to a llada-jax params export")
-    p.add_argument("src", type=Path, help="HF directory (config.json + *.safetensors)")
-    p.add_argument("dst", type=Path, help="output directory (Orbax params + config.yaml)")
+    p.add_argument("src", help="HF directory (config.json + *.safetensors; local or gs://...)")
+    p.add_argument("dst", help="output directory (Orbax params + config.yaml; local or gs://...)")
     p.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="storage dtype (default: the checkpoint's torch_dtype)")
     p.set_defaults(func=_cmd_convert_hf)
@@ -42,9 +41,11 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 def _add_train_tokenizer(sub) -> None:
     p = sub.add_parser("train-tokenizer", help="train a sentencepiece tokenizer with LLaDA's special tokens reserved")
-    p.add_argument("--input", type=Path, nargs="+", required=True, help="text files or directories (one sentence a line)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="text files, directories or globs, local or gs://... (one sentence a line)")
     p.add_argument("--vocab-size", type=int, required=True, help="vocabulary size (upper bound; >= 264)")
-    p.add_argument("--output", type=Path, required=True, help="model prefix: writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--output", required=True,
+                   help="model prefix: writes PREFIX.model (and PREFIX.vocab when local); local or gs://...")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
     p.set_defaults(func=_cmd_train_tokenizer)
 

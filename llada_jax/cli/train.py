@@ -25,6 +25,9 @@ def _add_distributed_flags(p) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, objective: str) -> int:
+    from llada_jax.training import preemption
+
+    preemption.install()  # before the slow imports and compiles: a SIGTERM from now on exits 0
     from llada_jax.training.distributed import initialize
 
     info = initialize(args.coordinator, args.num_processes, args.process_id, mode=args.distributed)
@@ -40,8 +43,13 @@ def _cmd_train(args: argparse.Namespace, objective: str) -> int:
         print(f"{objective}: {config.model.num_params() / 1e6:.1f}M params, {jax.device_count()} devices "
               f"({jax.devices()[0].device_kind}), {info['process_count']} process(es), "
               f"run dir {config.train.checkpoint_dir}", flush=True)
+    dataset = make_dataset(config)
     eval_dataset = make_dataset(config, split="eval") if config.train.eval_every > 0 else None
-    result = run_training(config, make_dataset(config), progress=not args.no_progress, eval_dataset=eval_dataset)
+    if preemption.requested():
+        if lead:
+            print(f"{objective}: stopped by SIGTERM before training started; nothing written", flush=True)
+        return 0
+    result = run_training(config, dataset, progress=not args.no_progress, eval_dataset=eval_dataset)
     if lead:
         resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
         print(f"{objective} {result.status} at step {result.step}{resumed}; last loss "
@@ -78,8 +86,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a training checkpoint's params (params-only or Hugging Face layout)")
-    p.add_argument("run_dir", type=Path, help="training run directory (train.checkpoint_dir)")
-    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("run_dir", help="training run directory (train.checkpoint_dir; local or gs://...)")
+    p.add_argument("out", help="output directory (local or gs://...)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--format", choices=("params", "hf"), default="params")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="HF tensor dtype")
@@ -124,6 +132,26 @@ def _add_quickstart(sub) -> None:
     p.set_defaults(func=_cmd_quickstart)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from llada_jax.training.checkpointer import verify_run
+
+    results = verify_run(args.run_dir)
+    for step, problem in results:
+        print(f"step {step}: ok" if problem is None else problem, flush=True)
+    bad = [step for step, problem in results if problem is not None]
+    print(f"{args.run_dir}: {len(results) - len(bad)} of {len(results)} checkpoint(s) verify"
+          + (f"; failed: {', '.join(map(str, bad))}" if bad else ""), flush=True)
+    return 1 if bad else 0
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check every checkpoint of a run against its fingerprints (exit 1 if one fails)")
+    p.add_argument("run_dir", help="training run directory (train.checkpoint_dir; local or gs://...)")
+    p.set_defaults(func=_cmd_verify)
+
+
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from llada_jax.training.plot import plot_training_curves
 
@@ -139,5 +167,8 @@ def _add_plot(sub) -> None:
     p.set_defaults(func=_cmd_plot)
 
 
-TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_compile_check, _add_quickstart, _add_plot]
+
+
+TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_verify, _add_compile_check, _add_quickstart,
+                     _add_plot]
 

@@ -249,7 +249,7 @@ class MeshConfig(Section):
                 raise ConfigError(f"{w}: at most one of {', '.join(group)} may be -1")
 
 
-DATA_FORMATS = ("auto", "text", "jsonl", "arrayrecord")
+DATA_FORMATS = ("auto", "text", "jsonl", "arrayrecord", "parquet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,9 +257,9 @@ class DataConfig(Section):
     """Training data: where documents/rows come from and how they are read (`llada_jax.data`)."""
 
     files: tuple[str, ...] = ()       # files, directories or glob patterns
-    format: str = "auto"              # one of DATA_FORMATS; auto: by extension (.jsonl, .arrayrecord, else text)
+    format: str = "auto"              # one of DATA_FORMATS; auto: by extension (.jsonl, .arrayrecord, .parquet, else text)
     text_unit: str = "file"           # text files: a document per "file" or per blank-line "paragraph"
-    text_field: str = "text"          # JSONL (and JSON ArrayRecord) field that holds a document
+    text_field: str = "text"          # JSONL (and JSON ArrayRecord) field / Parquet column that holds a document
     record_format: str = "text"       # ArrayRecord records: utf-8 "text" or "json" objects
     shuffle: bool = True              # shuffle documents (SFT: rows) by seed, differently each epoch
     shuffle_window: int = 0           # pretraining: also shuffle packed rows within windows of N (0: off)
@@ -271,7 +271,7 @@ class DataConfig(Section):
     chat_template: str = "llada"      # SFT: "llada", "plain", or a format string with {role} and {content}
     generation_prompt: str = ""       # custom chat template: text after the prompt's messages
     response_suffix: str = ""         # custom chat template: text after the response, before EOS
-    prompt_field: str = "prompt"      # SFT JSONL fields
+    prompt_field: str = "prompt"      # SFT JSONL fields / Parquet columns
     response_field: str = "response"
     messages_field: str = "messages"
     too_long: str = "drop"            # SFT rows longer than seq_len: "drop" or "truncate" (both counted)
@@ -328,12 +328,22 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def parse_yaml_text(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)`; a syntax error is a ConfigError naming `where`, line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}:{at} invalid YAML ({problem})") from None
+
+
 def _read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    with open(p) as f:
-        loaded = yaml.safe_load(f) or {}
+    loaded = parse_yaml_text(p.read_text(), str(p)) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     # Sectioned when any top-level value is a mapping; a flat file is a model config.

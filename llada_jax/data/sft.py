@@ -35,7 +35,7 @@ class SFTRows:
 
 def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, shard_count: int = 1,
                    stats: DataStats | None = None, split: str = "train") -> SFTRows:
-    """Validate every JSONL row of `data_cfg.files`, then tokenize this process's strided shard.
+    """Validate every JSONL or Parquet row of `data_cfg.files`, then tokenize this process's strided shard.
 
     A row is prompt + response + [EOS]. Longer than `seq_len`: dropped, or (too_long=truncate)
     cut to `seq_len` when the prompt leaves room for at least one response token.
@@ -59,8 +59,14 @@ def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, s
 
     for path in expand_files(data_cfg.files):
         fmt = file_format(path, data_cfg.format)
+        if fmt == "parquet":
+            from llada_jax.data.parquet import scan_parquet_rows
+
+            columns = (data_cfg.prompt_field, data_cfg.response_field, data_cfg.messages_field)
+            scan_parquet_rows(path, columns, keep, data_cfg.on_error, stats)
+            continue
         if fmt != "jsonl":
-            raise DataError(f"{path}: SFT data must be JSONL (got format '{fmt}')")
+            raise DataError(f"{path}: SFT data must be JSONL or Parquet (got format '{fmt}')")
         scan_jsonl(path, keep, data_cfg.on_error, stats)
     stats.add(documents=total)
     if total < shard_count:

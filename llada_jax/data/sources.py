@@ -1,87 +1,57 @@
-"""Random-access document sources over local files: plain text, JSONL and ArrayRecord.
+"""Random-access document sources: plain text, JSONL, ArrayRecord and Parquet, local or on a bucket.
 
 Each source is a Sequence of documents (`len`, `[i] -> str | None`) that Grain's
 `MapDataset.source` can shuffle and shard by index. Text and JSONL files are indexed once, at
 construction, into byte ranges (JSONL lines are validated then, so a malformed line stops the
 run before training starts, with its file and line number); documents are read from disk on
-access. ArrayRecord files are read by record index and decoded on access.
+access. ArrayRecord files are read by record index and decoded on access; Parquet files by
+row (`data/parquet.py`).
 
-Nothing is read from the network: only local paths, directories and glob patterns.
+Paths, directories and glob patterns may be local or URLs (`gs://bucket/data/*.jsonl`): files
+are read through `llada_jax.io.paths` (etils.epath). ArrayRecord's reader opens local files
+only, so a remote ArrayRecord file is copied once into a local read cache (`LLADA_JAX_CACHE`,
+default a temporary directory removed at exit).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import atexit
 import functools
-import glob
 import json
 import os
 import re
-import threading
-from pathlib import Path
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from etils import epath
+
+from llada_jax.data.errors import DataError, DataStats
+from llada_jax.data.parquet import ParquetSource
+from llada_jax.io.paths import as_path, glob_files, is_remote, path_str, walk_files
 
 
-class DataError(ValueError):
-    """A malformed input row or file; the message starts with `file:line` (or `file: record i`)."""
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}  # ArrayRecord suffixes are matched by prefix (sharded names)
 
 
-@dataclasses.dataclass
-class DataStats:
-    """Counters filled while a pipeline is built (and, for ArrayRecord skips, while it is read).
-
-    documents: documents or rows indexed; skipped: malformed rows skipped (on_error=skip);
-    empty: empty documents left out; rows: SFT rows kept (this shard); dropped / truncated:
-    SFT rows longer than seq_len (this shard).
-    """
-
-    documents: int = 0
-    skipped: int = 0
-    empty: int = 0
-    rows: int = 0
-    dropped: int = 0
-    truncated: int = 0
-
-    def __post_init__(self):
-        self._lock = threading.Lock()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def __getstate__(self):  # picklable for worker processes (the lock is not)
-        return self.as_dict()
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.__post_init__()
-
-
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl"}  # ArrayRecord suffixes are matched by prefix (sharded names)
-
-
-def expand_files(patterns: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named by paths, directories (all files below, sorted) or glob patterns, in order."""
+def expand_files(patterns: Sequence[str | os.PathLike]) -> list[epath.Path]:
+    """Files named by paths, directories (all files below, sorted) or glob patterns, in order;
+    each may be local or a URL (`gs://...`)."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
-    out: list[Path] = []
+    out: list[epath.Path] = []
     for pattern in patterns:
-        p = Path(pattern).expanduser()
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        p = as_path(pattern)
+        if p.is_dir():
+            found = list(walk_files(p))
             if not found:
-                raise FileNotFoundError(f"data directory {p} holds no files")
+                raise FileNotFoundError(f"data directory {path_str(p)} holds no files")
             out.extend(found)
+        elif p.exists():
+            out.append(p)
         else:
-            found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            found = glob_files(str(pattern) if is_remote(pattern) else str(p))
             if not found:
                 raise FileNotFoundError(f"data file {pattern} does not exist (and matches no files as a pattern)")
             out.extend(found)
@@ -90,17 +60,17 @@ def expand_files(patterns: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def file_format(path: Path, fmt: str) -> str:
-    """'text', 'jsonl' or 'arrayrecord' for `path` under the configured format ('auto': by extension)."""
+def file_format(path, fmt: str) -> str:
+    """'text', 'jsonl', 'arrayrecord' or 'parquet' for `path` under the configured format ('auto': by extension)."""
     if fmt != "auto":
         return fmt
-    suffix = path.suffix.lower()
+    suffix = epath.Path(path).suffix.lower()
     if suffix.startswith(".array_record") or suffix.startswith(".arrayrecord"):  # e.g. .array_record-00000-of-00008
         return "arrayrecord"
     return _EXTENSIONS.get(suffix, "text")
 
 
-def scan_jsonl(path: Path, check: Callable[[Any], bool], on_error: str, stats: DataStats
+def scan_jsonl(path, check: Callable[[Any], bool], on_error: str, stats: DataStats
                ) -> tuple[np.ndarray, np.ndarray]:
     """Byte offsets and lengths of the valid, non-blank lines of a JSONL file.
 
@@ -110,7 +80,7 @@ def scan_jsonl(path: Path, check: Callable[[Any], bool], on_error: str, stats: D
     """
     offsets, lengths = [], []
     offset = 0
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             start, offset = offset, offset + len(raw)
             if not raw.strip():
@@ -119,7 +89,7 @@ def scan_jsonl(path: Path, check: Callable[[Any], bool], on_error: str, stats: D
                 keep = check(json.loads(raw))
             except (ValueError, UnicodeDecodeError) as e:
                 if on_error == "raise":
-                    raise DataError(f"{path}:{lineno}: {_reason(e)}") from None
+                    raise DataError(f"{path_str(path)}:{lineno}: {_reason(e)}") from None
                 stats.add(skipped=1)
                 continue
             if not keep:
@@ -138,9 +108,9 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
-def read_range(path: Path, offset: int, length: int) -> bytes:
+def read_range(path, offset: int, length: int) -> bytes:
     """`length` bytes of `path` from `offset` (opened per call: safe from several threads)."""
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         f.seek(offset)
         return f.read(length)
 
@@ -159,7 +129,7 @@ def text_field_of(obj: Any, field: str) -> str:
 class _RangeSource:
     """Documents stored as byte ranges of one file."""
 
-    def __init__(self, path: Path, offsets: np.ndarray, lengths: np.ndarray, decode: Callable[[bytes], str]):
+    def __init__(self, path, offsets: np.ndarray, lengths: np.ndarray, decode: Callable[[bytes], str]):
         self.path, self._offsets, self._lengths, self._decode = path, offsets, lengths, decode
 
     def __len__(self) -> int:
@@ -169,10 +139,11 @@ class _RangeSource:
         return self._decode(read_range(self.path, int(self._offsets[i]), int(self._lengths[i])))
 
 
-def text_source(path: Path, unit: str, stats: DataStats) -> _RangeSource:
+def text_source(path, unit: str, stats: DataStats) -> _RangeSource:
     """A text file as one document (`unit='file'`) or one per blank-line-separated paragraph."""
+    path = as_path(path)
     if unit == "file":
-        size = path.stat().st_size
+        size = path.stat().length
         blank = size < 1 << 16 and not path.read_bytes().strip()  # (a big file is taken to hold text)
         if blank:
             stats.add(empty=1)
@@ -193,7 +164,7 @@ def text_source(path: Path, unit: str, stats: DataStats) -> _RangeSource:
     return _RangeSource(path, offsets, lengths, _decode_text)
 
 
-def jsonl_source(path: Path, field: str, on_error: str, stats: DataStats) -> _RangeSource:
+def jsonl_source(path, field: str, on_error: str, stats: DataStats) -> _RangeSource:
     """One document per JSONL line, the string in `field`; lines with an empty string are left out."""
     offsets, lengths = scan_jsonl(path, lambda obj: bool(text_field_of(obj, field).strip()), on_error, stats)
     return _RangeSource(path, offsets, lengths, functools.partial(_decode_json_field, field=field))
@@ -214,11 +185,11 @@ class ArrayRecordSource:
     (None) and counted in `stats` of the process that reads it.
     """
 
-    def __init__(self, path: Path, record_format: str, field: str, on_error: str, stats: DataStats):
+    def __init__(self, path, record_format: str, field: str, on_error: str, stats: DataStats):
         from grain.sources import ArrayRecordDataSource
 
         self.path, self._format, self._field, self._on_error, self._stats = path, record_format, field, on_error, stats
-        self._source = ArrayRecordDataSource([str(path)])
+        self._source = ArrayRecordDataSource([str(local_copy(path))])
 
     def __len__(self) -> int:
         return len(self._source)
@@ -231,10 +202,32 @@ class ArrayRecordSource:
                 text = text_field_of(json.loads(text), self._field)
         except (ValueError, UnicodeDecodeError) as e:
             if self._on_error == "raise":
-                raise DataError(f"{self.path}: record {i}: {_reason(e)}") from None
+                raise DataError(f"{path_str(self.path)}: record {i}: {_reason(e)}") from None
             self._stats.add(skipped=1)
             return None
         return text if text.strip() else None
+
+
+_cache_dir: str | None = None
+
+
+def local_copy(path) -> str:
+    """A local file path for `path`: itself when local, else a copy in the read cache (made once)."""
+    global _cache_dir
+    if not is_remote(path):
+        return str(as_path(path))
+    if _cache_dir is None:
+        _cache_dir = os.environ.get("LLADA_JAX_CACHE") or tempfile.mkdtemp(prefix="llada-jax-cache-")
+        if not os.environ.get("LLADA_JAX_CACHE"):
+            atexit.register(shutil.rmtree, _cache_dir, True)
+    target = os.path.join(_cache_dir, str(path).replace("://", "/"))
+    if not os.path.isfile(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp{os.getpid()}"
+        with as_path(path).open("rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+        os.replace(tmp, target)
+    return target
 
 
 class DocumentSource(Sequence):
@@ -269,6 +262,8 @@ def open_documents(data_cfg, stats: DataStats | None = None) -> DocumentSource:
             sources.append(text_source(path, data_cfg.text_unit, stats))
         elif kind == "jsonl":
             sources.append(jsonl_source(path, data_cfg.text_field, data_cfg.on_error, stats))
+        elif kind == "parquet":
+            sources.append(ParquetSource(path, data_cfg.text_field, data_cfg.on_error, stats))
         else:
             sources.append(ArrayRecordSource(path, data_cfg.record_format, data_cfg.text_field,
                                              data_cfg.on_error, stats))

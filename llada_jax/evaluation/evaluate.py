@@ -72,22 +72,25 @@ def checkpoint_sample(checkpoint) -> SampleConfig:
     """The sampler settings saved with a llada-jax checkpoint; the defaults for a HF directory."""
     from llada_jax.io.checkpoint import CONFIG_FILE, read_config
 
-    return read_config(checkpoint).sample if (Path(checkpoint) / CONFIG_FILE).is_file() else SampleConfig()
+    from llada_jax.io.paths import as_path, is_file
+
+    return read_config(checkpoint).sample if is_file(as_path(checkpoint) / CONFIG_FILE) else SampleConfig()
 
 
 def find_tokenizer(checkpoint, tokenizer=None):
     """`tokenizer` if given, else one in the checkpoint directory, else its config's `train.tokenizer`."""
     from llada_jax.io.checkpoint import CONFIG_FILE, read_config
+    from llada_jax.io.paths import as_path, is_file
     from llada_jax.io.tokenizer import load_tokenizer
 
     if tokenizer is not None:
         return load_tokenizer(tokenizer)
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     try:
         return load_tokenizer(checkpoint)
     except FileNotFoundError:
         pass
-    if (checkpoint / CONFIG_FILE).is_file():
+    if is_file(checkpoint / CONFIG_FILE):
         path = getattr(getattr(read_config(checkpoint), "train", None), "tokenizer", None)
         if path:
             return load_tokenizer(path)

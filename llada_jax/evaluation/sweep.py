@@ -18,6 +18,7 @@ calls per answer and against tokens/s, one line per schedule family (every grid 
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import difflib
 import itertools
@@ -127,21 +128,25 @@ def cell_key(run: Mapping, settings: Mapping) -> str:
         ";".join(f"{k}={_fmt(settings[k])}" for k in SAMPLE_FIELDS)
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of an existing results CSV (empty if none)."""
-    if not path.is_file():
+def read_rows(path) -> list[dict]:
+    """Rows of an existing results CSV (empty if none); local or on a bucket."""
+    from llada_jax.io.paths import as_path, is_file
+
+    if not is_file(path):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(as_path(path).read_text(), newline="")))
 
 
-def _append_row(path: Path, row: Mapping) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: _fmt(row.get(k)) if not isinstance(row.get(k), str) else row[k] for k in COLUMNS})
+def _append_row(path, row: Mapping) -> None:
+    from llada_jax.io.paths import as_path, is_file, write_text
+
+    old = as_path(path).read_text() if is_file(path) else ""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    if not old:
+        writer.writeheader()
+    writer.writerow({k: _fmt(row.get(k)) if not isinstance(row.get(k), str) else row[k] for k in COLUMNS})
+    write_text(path, old + buffer.getvalue())  # whole-file write: a bucket object cannot be appended to
 
 
 def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], out_dir: str | Path, *,
@@ -155,7 +160,9 @@ def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], o
         raise ValueError(f"task '{task.name}' is scored by likelihood; sweeps compare sampler settings")
     base = base or SampleConfig()
     grid = parse_grid(grid)
-    out_dir = Path(out_dir)
+    from llada_jax.io.paths import as_path
+
+    out_dir = as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / CSV_NAME
     cells = grid_cells(base, grid)
@@ -264,8 +271,9 @@ def plot_rows(rows: Sequence[Mapping], out_dir: Path, grid_names: Sequence[str])
         if families:
             ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        path = Path(out_dir) / file
-        fig.savefig(path, dpi=110)
+        path = out_dir / file
+        with path.open("wb") as f:  # through a file object: out_dir may be on a bucket
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths[0], paths[1]

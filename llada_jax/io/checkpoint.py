@@ -2,18 +2,18 @@
 
 A params export is a directory holding `config.yaml` (the resolved config, all sections) and
 `params/` (an Orbax StandardCheckpointer pytree). `load_model` also accepts a Hugging Face
-LLaDA directory (config.json + safetensors), so every command takes either.
+LLaDA directory (config.json + safetensors), so every command takes either. Every path may be
+local or on a bucket (`gs://...`, through `llada_jax.io.paths`).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llada_jax.config import Config, ConfigError, ModelConfig, config_from_dict, load_config
+from llada_jax.io.paths import PathLike, as_path, is_file, path_str, write_text
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.yaml"
@@ -27,17 +27,16 @@ def _abstract_params(cfg: ModelConfig, shardings=None):
     return shapes if shardings is None else with_shardings(shapes, shardings)
 
 
-def write_config(path: Path, config: Config) -> None:
-    """`config.yaml` (all sections) in `path`, as `read_config` reads it."""
-    with open(Path(path) / CONFIG_FILE, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+def write_config(path: PathLike, config: Config) -> None:
+    """`config.yaml` (all sections) in `path`, as `read_config` reads it (written whole)."""
+    write_text(as_path(path) / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def save_params(path: str | Path, config: Config | ModelConfig, params: Any) -> Path:
+def save_params(path: PathLike, config: Config | ModelConfig, params: Any):
     """Write `params` and the config to `path` (created; an existing export is replaced)."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = as_path(path)
     path.mkdir(parents=True, exist_ok=True)
     write_config(path, config if isinstance(config, Config) else load_config(None).replace(model=config))
     checkpointer = ocp.StandardCheckpointer()
@@ -46,70 +45,79 @@ def save_params(path: str | Path, config: Config | ModelConfig, params: Any) -> 
     return path
 
 
-def read_config(path: str | Path) -> Config:
-    """The resolved config stored next to a params export or a training checkpoint."""
-    path = Path(path)
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        raise ConfigError(f"{path}: no {CONFIG_FILE} (not a llada-jax checkpoint directory)")
-    with open(file) as f:
-        return config_from_dict(yaml.safe_load(f) or {})
+def read_config(path: PathLike) -> Config:
+    """The resolved config stored next to a params export or a training checkpoint; a damaged
+    file is a ConfigError naming it (and the line and column of a YAML error)."""
+    from llada_jax.config.sections import parse_yaml_text
+
+    file = as_path(path) / CONFIG_FILE
+    if not is_file(file):
+        raise ConfigError(f"{path_str(path)}: no {CONFIG_FILE} (not a llada-jax checkpoint directory)")
+    data = parse_yaml_text(file.read_text(), path_str(file))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path_str(file)}: expected a mapping at the top level")
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path_str(file)}: {e}") from None
 
 
-def load_params(path: str | Path, shardings=None, param_dtype: str | None = None):
+def load_params(path: PathLike, shardings=None, param_dtype: str | None = None):
     """Restore `(config, params)` from a params export, optionally straight onto `shardings`
     and in another storage dtype."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = as_path(path)
     config = read_config(path)
     cfg = config.model if param_dtype is None else config.model.replace(param_dtype=param_dtype)
     if not (path / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"{path}: missing the '{PARAMS_DIR}/' directory of a params export")
+        raise FileNotFoundError(f"{path_str(path)}: missing the '{PARAMS_DIR}/' directory of a params export")
     target = _abstract_params(cfg, shardings)
     checkpointer = ocp.StandardCheckpointer()
     try:
         params = checkpointer.restore(path / PARAMS_DIR, target)
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{path}: parameters do not match the model config: {e}") from e
+        raise ValueError(f"{path_str(path)}: parameters do not match the model config: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a missing, truncated or damaged array file
+        raise ValueError(f"{path_str(path)}: params export unreadable ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
     return config.replace(model=cfg), params
 
 
-def is_hf_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+def is_hf_dir(path: PathLike) -> bool:
+    path = as_path(path)
+    return is_file(path / "config.json") and any(path.glob("*.safetensors"))
 
 
-def _not_a_model_dir(path: Path) -> FileNotFoundError:
+def _not_a_model_dir(path) -> FileNotFoundError:
     return FileNotFoundError(
-        f"{path}: neither a Hugging Face LLaDA directory (config.json + *.safetensors) nor a "
+        f"{path_str(path)}: neither a Hugging Face LLaDA directory (config.json + *.safetensors) nor a "
         f"llada-jax export ({CONFIG_FILE} + {PARAMS_DIR}/)"
     )
 
 
-def read_model_config(path: str | Path) -> ModelConfig:
+def read_model_config(path: PathLike) -> ModelConfig:
     """The `ModelConfig` of a HF LLaDA directory or a llada-jax export, without loading weights."""
-    path = Path(path)
+    path = as_path(path)
     if is_hf_dir(path):
-        from llada_jax.io.hf import config_from_hf
+        from llada_jax.io.hf import read_hf_config
 
-        with open(path / "config.json") as f:
-            return config_from_hf(json.load(f), where=str(path / "config.json"))
-    if (path / CONFIG_FILE).is_file():
+        return read_hf_config(path)
+    if is_file(path / CONFIG_FILE):
         return read_config(path).model
     raise _not_a_model_dir(path)
 
 
-def load_model(path: str | Path, shardings=None, param_dtype: str | None = None) -> tuple[ModelConfig, Any]:
+def load_model(path: PathLike, shardings=None, param_dtype: str | None = None) -> tuple[ModelConfig, Any]:
     """`(ModelConfig, params)` from a HF LLaDA directory or a llada-jax params export."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise FileNotFoundError(f"checkpoint directory {path_str(path)} does not exist")
     if is_hf_dir(path):
         from llada_jax.io.hf import load_hf_checkpoint
 
         return load_hf_checkpoint(path, shardings=shardings, param_dtype=param_dtype)
-    if (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir():
+    if is_file(path / CONFIG_FILE) and (path / PARAMS_DIR).is_dir():
         config, params = load_params(path, shardings, param_dtype)
         return config.model, params
     raise _not_a_model_dir(path)

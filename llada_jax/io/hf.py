@@ -4,13 +4,17 @@ HF stores linear weights `[out, in]` with names `model.transformer.blocks.{i}.q_
 ...; we store `[in, ...out]` kernels with the layers stacked on axis 0. Loading streams one
 parameter at a time: a stacked parameter is assembled in one host buffer, put on its device
 (or sharding) and freed before the next, so the host never holds two copies of the model.
+
+Directories may be local or on a bucket (`llada_jax.io.paths`): safetensors files are read by
+byte range through a file object (`SafetensorsFile`, which also refuses a truncated or damaged
+file with one line naming it) and written whole from bytes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import struct
 from typing import Any, Iterator
 
 import jax
@@ -18,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from llada_jax.config import ModelConfig
+from llada_jax.io.paths import PathLike, as_path, is_file, path_str, write_bytes, write_text
 
 PREFIX = "model.transformer."
 INDEX_FILE = "model.safetensors.index.json"
@@ -144,50 +149,108 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str) -> dict:
     }
 
 
-def _weight_map(path: Path) -> dict[str, str]:
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+class SafetensorsFile:
+    """One .safetensors file, local or remote, read by byte range: the header is checked against
+    the file size on open, so a truncated or damaged file is a ValueError naming it."""
+
+    def __init__(self, path: PathLike):
+        self.path = as_path(path)
+        where = path_str(self.path)
+        size = self.path.stat().length
+        with self.path.open("rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > size - 8:
+                raise ValueError(f"{where}: truncated or not a safetensors file ({size} bytes)")
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError(f"{where}: damaged safetensors header") from None
+        header.pop("__metadata__", None)
+        self._start = 8 + n
+        self.tensors = header
+        for name, t in header.items():
+            begin, end = t["data_offsets"]
+            if t.get("dtype") not in _ST_DTYPES or end - begin != math.prod(t["shape"]) * np.dtype(_ST_DTYPES[t["dtype"]]).itemsize:
+                raise ValueError(f"{where}: tensor '{name}' has a damaged header entry")
+            if self._start + end > size:
+                raise ValueError(f"{where}: truncated ({size} bytes; tensor '{name}' ends at byte {self._start + end})")
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name]["shape"])
+
+    def get(self, name: str) -> np.ndarray:
+        t = self.tensors[name]
+        begin, end = t["data_offsets"]
+        with self.path.open("rb") as f:
+            f.seek(self._start + begin)
+            raw = f.read(end - begin)
+        if len(raw) != end - begin:
+            raise ValueError(f"{path_str(self.path)}: truncated while reading tensor '{name}'")
+        return np.frombuffer(raw, dtype=_ST_DTYPES[t["dtype"]]).reshape(t["shape"])
+
+
+def _weight_map(path) -> dict[str, str]:
     index = path / INDEX_FILE
-    if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+    if is_file(index):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except ValueError:
+            raise ValueError(f"{path_str(index)}: not valid JSON") from None
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: no 'weight_map' mapping")
+            raise ValueError(f"{path_str(index)}: no 'weight_map' mapping")
         for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise FileNotFoundError(f"{path}: shard '{shard}' named in {INDEX_FILE} is missing")
+            if not is_file(path / shard):
+                raise FileNotFoundError(f"{path_str(path)}: shard '{shard}' named in {INDEX_FILE} is missing")
         return weight_map
     single = path / SINGLE_FILE
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(single, "np") as f:
-            return {name: SINGLE_FILE for name in f.keys()}
-    raise FileNotFoundError(f"{path}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
+    if is_file(single):
+        return {name: SINGLE_FILE for name in SafetensorsFile(single).keys()}
+    raise FileNotFoundError(f"{path_str(path)}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
 
 
 class _ShardReader:
-    """Opens each shard once (memory-mapped) and reads tensors by name."""
+    """Opens each shard once (header checked) and reads tensors by name."""
 
-    def __init__(self, path: Path, weight_map: dict[str, str]):
-        self.path, self.weight_map, self.handles = path, weight_map, {}
+    def __init__(self, path, weight_map: dict[str, str]):
+        self.path, self.weight_map = path, weight_map
+        self.handles = {shard: SafetensorsFile(path / shard) for shard in sorted(set(weight_map.values()))}
 
     def get(self, name: str, expected: tuple[int, ...]) -> np.ndarray:
-        from safetensors import safe_open
-
         shard = self.weight_map.get(name)
         if shard is None:
-            raise KeyError(f"{self.path}: tensor '{name}' is missing from the checkpoint")
-        if shard not in self.handles:
-            self.handles[shard] = safe_open(self.path / shard, "np")
+            raise KeyError(f"{path_str(self.path)}: tensor '{name}' is missing from the checkpoint")
         handle = self.handles[shard]
-        shape = tuple(handle.get_slice(name).get_shape())
+        if name not in handle.tensors:
+            raise KeyError(f"{path_str(self.path / shard)}: tensor '{name}' named in {INDEX_FILE} is missing")
+        shape = handle.shape(name)
         if shape != tuple(expected):
             raise ValueError(
-                f"{self.path / shard}: tensor '{name}' has shape {shape}, but config.json implies {tuple(expected)}"
+                f"{path_str(self.path / shard)}: tensor '{name}' has shape {shape}, but config.json implies {tuple(expected)}"
             )
-        return handle.get_tensor(name)
+        return handle.get(name)
 
 
-def load_hf_checkpoint(path: str | Path, *, shardings: Any = None, param_dtype: str | None = None,
+def read_hf_config(path: PathLike, param_dtype: str | None = None) -> ModelConfig:
+    """The ModelConfig of a HF LLaDA directory's `config.json` (a damaged file: ValueError naming it)."""
+    config_file = as_path(path) / "config.json"
+    if not is_file(config_file):
+        raise FileNotFoundError(f"{path_str(path)}: no config.json (not a Hugging Face LLaDA directory)")
+    try:
+        hf = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path_str(config_file)}: not valid JSON ({e})") from None
+    return config_from_hf(hf, param_dtype, where=path_str(config_file))
+
+
+def load_hf_checkpoint(path: PathLike, *, shardings: Any = None, param_dtype: str | None = None,
                        dtype: str | None = None) -> tuple[ModelConfig, Any]:
     """Read a HF LLaDA directory into `(ModelConfig, params)`, streaming tensor by tensor.
 
@@ -195,12 +258,8 @@ def load_hf_checkpoint(path: str | Path, *, shardings: Any = None, param_dtype: 
     `(path_tuple) -> Sharding`); each parameter is placed straight onto it. `param_dtype`
     defaults to the checkpoint's `torch_dtype`; `dtype` (compute) defaults to bfloat16.
     """
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face LLaDA directory)")
-    with open(config_file) as f:
-        cfg = config_from_hf(json.load(f), param_dtype, where=str(config_file))
+    path = as_path(path)
+    cfg = read_hf_config(path, param_dtype)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     reader = _ShardReader(path, _weight_map(path))
@@ -237,16 +296,16 @@ def load_hf_checkpoint(path: str | Path, *, shardings: Any = None, param_dtype: 
     return cfg, params
 
 
-def save_hf_checkpoint(path: str | Path, cfg: ModelConfig, params: Any, *, dtype: str | None = None,
-                       max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
+def save_hf_checkpoint(path: PathLike, cfg: ModelConfig, params: Any, *, dtype: str | None = None,
+                       max_shard_bytes: int = 5 * 1024**3) -> list:
     """Write `params` in the HF LLaDA layout: config.json, safetensors shards and their index.
 
     `dtype` defaults to the params' dtype. Shards hold at most `max_shard_bytes` each (one file
     `model.safetensors` when everything fits). Returns the shard paths.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    path = Path(path)
+    path = as_path(path)
     path.mkdir(parents=True, exist_ok=True)
     dtype = dtype or str(np.dtype(params["wte"].dtype))
     if dtype not in _NP_DTYPES:
@@ -284,16 +343,14 @@ def save_hf_checkpoint(path: str | Path, cfg: ModelConfig, params: Any, *, dtype
             data[hf_name] = w
             weight_map[hf_name] = name
             total += w.nbytes
-        save_file(data, str(path / name), metadata={"format": "pt"})
+        write_bytes(path / name, save(data, metadata={"format": "pt"}))
         files.append(path / name)
         del data
     if n > 1:
-        with open(path / INDEX_FILE, "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        write_text(path / INDEX_FILE, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     elif (path / INDEX_FILE).exists():
         (path / INDEX_FILE).unlink()
-    with open(path / "config.json", "w") as f:
-        json.dump(config_to_hf(cfg, dtype), f, indent=2)
+    write_text(path / "config.json", json.dumps(config_to_hf(cfg, dtype), indent=2))
     return files
 
 

@@ -12,9 +12,11 @@ import grain (the GPU image has none).
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from llada_jax.io.paths import as_path, is_file, is_remote, path_str, write_bytes
 
 # Special-token strings of LLaDA's chat format; header/EoT strings are shared by both backends.
 MASK_TOKEN = "<|mdm_mask|>"
@@ -105,9 +107,9 @@ class SentencePieceTokenizer(Tokenizer):
         if isinstance(model, bytes):
             self._proto = model
         else:
-            path = Path(model)
-            if not path.is_file():
-                raise FileNotFoundError(f"sentencepiece model {path} does not exist")
+            path = as_path(model)
+            if not is_file(path):
+                raise FileNotFoundError(f"sentencepiece model {path_str(path)} does not exist")
             self._proto = path.read_bytes()
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         self.vocab_size = int(self._sp.vocab_size())
@@ -162,12 +164,12 @@ class HFTokenizer(Tokenizer):
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("HF tokenizer.json support needs the 'tokenizers' package: "
                               "pip install 'llada-jax[hf]'") from e
-        self._path = Path(path)
-        if not self._path.is_file():
-            raise FileNotFoundError(f"tokenizer file {self._path} does not exist")
+        self._path = as_path(path)
+        if not is_file(self._path):
+            raise FileNotFoundError(f"tokenizer file {path_str(self._path)} does not exist")
         self._names = dict(bos=bos, eos=eos, pad=pad, mask=mask, eot=eot, header_start=header_start,
                            header_end=header_end)
-        self._tok = _HF.from_file(str(self._path))
+        self._tok = _HF.from_str(self._path.read_text())
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.bos_id = self._lookup(bos, "BOS")
         self.eos_id = self._lookup(eos, "EOS")
@@ -204,53 +206,62 @@ class HFTokenizer(Tokenizer):
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a sentencepiece `.model`, a HF `tokenizer.json`, or a directory holding one of them."""
-    p = Path(path)
+    p = as_path(path)
     if p.is_dir():
-        if (p / "tokenizer.json").is_file():
+        if is_file(p / "tokenizer.json"):
             return HFTokenizer(p / "tokenizer.json")
-        if (p / "tokenizer.model").is_file():
+        if is_file(p / "tokenizer.model"):
             return SentencePieceTokenizer(p / "tokenizer.model")
         models = sorted(p.glob("*.model"))
         if len(models) == 1:
             return SentencePieceTokenizer(models[0])
         found = ", ".join(m.name for m in models) or "none"
-        raise FileNotFoundError(f"{p}: expected tokenizer.json or one sentencepiece *.model (found {found})")
-    if not p.is_file():
-        raise FileNotFoundError(f"tokenizer {p} does not exist")
+        raise FileNotFoundError(f"{path_str(p)}: expected tokenizer.json or one sentencepiece *.model (found {found})")
+    if not p.exists():
+        raise FileNotFoundError(f"tokenizer {path_str(p)} does not exist")
     if p.suffix == ".json":
         return HFTokenizer(p)
     if p.suffix == ".model":
         return SentencePieceTokenizer(p)
-    raise ValueError(f"{p}: unknown tokenizer type (expected a sentencepiece .model or a tokenizer.json)")
+    raise ValueError(f"{path_str(p)}: unknown tokenizer type (expected a sentencepiece .model or a tokenizer.json)")
 
 
 def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.PathLike, vocab_size: int, *,
                     model_type: str = "bpe", character_coverage: float = 1.0, input_sentence_size: int = 0,
-                    max_sentence_length: int = 16384, num_threads: int | None = None) -> Path:
+                    max_sentence_length: int = 16384, num_threads: int | None = None):
     """Train a sentencepiece model on text `files`; returns `<model_prefix>.model`.
 
     Reserved ids: unk 0, BOS 1, EOS 2 (also pad), mask 3, end-of-turn 4, header start 5,
     header end 6. Byte fallback, identity normalisation and no dummy prefix make
     `decode(encode(text)) == text` for any text. `vocab_size` is an upper bound: a corpus too
     small for it gives a smaller vocabulary. Each line of the files is one training sentence.
+    Inputs and the prefix may be local or URLs (`gs://`); with a URL anywhere the sentences
+    are streamed through `llada_jax.io.paths` and only `<prefix>.model` is written.
     """
     import sentencepiece as spm
 
-    files = [Path(f) for f in files]
+    files = [as_path(f) for f in files]
     if not files:
         raise ValueError("train_tokenizer: no input files given")
     for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"train_tokenizer: input file {f} does not exist")
+        if not is_file(f):
+            raise FileNotFoundError(f"train_tokenizer: input file {path_str(f)} does not exist")
     minimum = 256 + len(RESERVED_IDS) + 1
     if vocab_size < minimum:
         raise ValueError(f"train_tokenizer: vocab_size {vocab_size} is too small; byte fallback needs >= {minimum}")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"train_tokenizer: model_type '{model_type}' is not one of 'bpe', 'unigram'")
-    prefix = Path(model_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix = as_path(model_prefix)
+    out = prefix.with_name(prefix.name + ".model")
+    remote = is_remote(prefix) or any(is_remote(f) for f in files)
+    if remote:  # sentencepiece reads and writes local files only: stream through the path layer
+        writer = io.BytesIO()
+        where = dict(sentence_iterator=_lines(files), model_writer=writer)
+    else:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        where = dict(input=[str(f) for f in files], model_prefix=str(prefix))
     spm.SentencePieceTrainer.train(
-        input=[str(f) for f in files], model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
+        **where, vocab_size=vocab_size, model_type=model_type,
         unk_id=RESERVED_IDS["unk"], bos_id=RESERVED_IDS["bos"], eos_id=RESERVED_IDS["eos"], pad_id=-1,
         user_defined_symbols=list(_USER_SYMBOLS), byte_fallback=True, character_coverage=character_coverage,
         normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
@@ -259,13 +270,22 @@ def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.P
         max_sentence_length=max_sentence_length, num_threads=num_threads or min(8, os.cpu_count() or 1),
         minloglevel=2,
     )
-    out = prefix.with_name(prefix.name + ".model")
+    if remote:
+        write_bytes(out, writer.getvalue())
     tok = SentencePieceTokenizer(out)
     got = {k: getattr(tok, f"{k}_id") for k in RESERVED_IDS if k != "unk"}
     wrong = {k: v for k, v in got.items() if v != RESERVED_IDS[k]}
     if wrong:  # sentencepiece changed its id assignment: refuse rather than train a mismatched model
         raise RuntimeError(f"train_tokenizer: reserved ids not where expected: {wrong}")
     return out
+
+
+def _lines(files) -> Iterable[str]:
+    for f in files:
+        with f.open("r") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.rstrip("\n")
 
 
 def check_tokenizer_matches(tokenizer: Tokenizer, model_cfg) -> None:

@@ -1,9 +1,10 @@
 """The training loop driver: data in, sharded steps, metrics, checkpoints, preemption.
 
-`run_training(config, dataset)` builds the mesh, resumes from the latest checkpoint in
-`train.checkpoint_dir` (state and data iterator) or starts fresh, then runs the jitted step
-until `train.steps`. Metrics of step n are fetched while step n+1 runs (one step of lag keeps
-the device busy). Every `log_every` steps it writes loss, gradient norm, learning rate,
+`run_training(config, dataset)` builds the mesh, resumes from the newest checkpoint in
+`train.checkpoint_dir` that verifies (state and data iterator; see `TrainCheckpointer.
+restore_latest`) or starts fresh, then runs the jitted step until `train.steps`. Metrics of
+step n are fetched while step n+1 runs (one step of lag keeps the device busy; within one bad
+step of `max_bad_steps` they are fetched at once, so the run stops after exactly that many). Every `log_every` steps it writes loss, gradient norm, learning rate,
 tokens/s, TFLOP/s per device and MFU to JSONL and TensorBoard, and updates the progress bar.
 A non-finite step is skipped by the step itself; the loop reports it and stops after
 `max_bad_steps` in a row without saving, so the last good checkpoint stays the latest.
@@ -16,8 +17,7 @@ steps (`profiling`), and the wall time split by what it was spent on (`timing`).
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
+import sys
 import time
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ from llada_jax.training.checkpointer import TrainCheckpointer
 from llada_jax.training.profiling import Profiler
 from llada_jax.training.timing import StepTimer
 from llada_jax.training.validation import eval_due, make_validator
+from llada_jax.training.preemption import StopFlag
 
 
 @dataclasses.dataclass
@@ -43,28 +44,6 @@ class RunResult:
     resumed_from: int | None
     state: Any = None                # the final TrainState (on device)
     timing: dict = dataclasses.field(default_factory=dict)  # StepTimer.summary(): goodput and totals
-
-
-class _StopFlag:
-    """Set by SIGTERM; with several processes, `_sync_flags` OR-s the flags across them."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def install(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def uninstall(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
 
 
 def _sync_flags(stop_requested: bool, save_due: bool) -> tuple[bool, bool]:
@@ -112,16 +91,19 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
     ckpt = TrainCheckpointer(train.checkpoint_dir, config)
     writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
     data_iter = iter(dataset)
-    stop = _StopFlag().install()
+    stop = StopFlag().install()
     profiler = Profiler(train.checkpoint_dir, train).install()
     timer = StepTimer()
     bar = None
+
+    def say(line: str) -> None:  # through the bar when there is one; also with --no-progress
+        if jax.process_index() == 0:
+            bar.write(line) if bar is not None else print(line, file=sys.stderr, flush=True)
+
     try:
         with jax.set_mesh(mesh):
-            resumed = ckpt.latest_step()
-            if resumed is not None:
-                state, data_iter = ckpt.restore(resumed, abstract_state(config, mesh), data_iter)
-            else:
+            state, data_iter, resumed = ckpt.restore_latest(abstract_state(config, mesh), data_iter, report=say)
+            if resumed is None:
                 if initial_params is None:
                     initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
@@ -153,9 +135,8 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                 if not vals["finite"]:
                     skipped.append(s)
                     writer.write(s, {"skipped": 1.0, "loss": vals["loss"], "grad_norm": vals["grad_norm"]})
-                    if bar is not None:
-                        bar.write(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
-                                  f"update skipped ({consecutive_bad} in a row)")
+                    say(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
+                        f"update skipped ({consecutive_bad} in a row)")
                     return
                 window["loss"] += vals["loss"]
                 window["grad_norm"] += vals["grad_norm"]
@@ -193,6 +174,9 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     step += 1
                     flush()
                 pending = metrics
+                if consecutive_bad >= train.max_bad_steps - 1:
+                    with timer.section("step"):
+                        flush()  # one more bad step stops the run: know now, not one step later
                 if bar is not None:
                     bar.update(1)
                 if consecutive_bad >= train.max_bad_steps:
@@ -229,9 +213,11 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     break
             with timer.section("step"):
                 flush()
-            if status == "diverged" and bar is not None:
-                bar.write(f"stopping: {consecutive_bad} consecutive non-finite steps (last good checkpoint: "
-                          f"{last_saved})")
+            if status == "diverged":
+                say(f"stopping: {consecutive_bad} consecutive non-finite steps (last verified checkpoint: "
+                    f"{'none' if last_saved is None else f'step {last_saved}'})")
+            elif status == "preempted":
+                say(f"stopping: SIGTERM received; saved a checkpoint at step {step}")
             with timer.section("save"):
                 ckpt.wait()
             summary = timer.summary()

@@ -5,18 +5,23 @@ halving) and the backward pass (x3). Peak FLOP/s per device come from `PEAK_TFLO
 bf16, by device kind) unless the config overrides them. Writers put one JSON object per line
 in `metrics.jsonl` and TensorBoard events (tensorboardX) under `tb/`; only process 0 writes.
 Keys with a group prefix (`eval/`, `time/`) keep it as their TensorBoard tag; the rest go under `train/`.
+The run directory may be on a bucket: both files go through `llada_jax.io.paths.AppendFile`
+(a bucket object is rewritten whole, at most every `REMOTE_FLUSH_S` seconds and at close).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 
 from llada_jax.config import ModelConfig, TrainConfig
+from llada_jax.io.paths import AppendFile, PathLike, as_path, is_file, is_remote, path_str
+
+# Seconds between uploads of a remote metrics.jsonl / events file (a local one is flushed per write).
+REMOTE_FLUSH_S = 10.0
 
 # Dense bf16 peak TFLOP/s per device, matched as a lower-case substring of `device_kind`
 # (first match wins, so the more specific names come first).
@@ -91,18 +96,22 @@ def tensorboard_tag(key: str) -> str:
 class MetricWriter:
     """Appends metric dicts to `<dir>/metrics.jsonl` and TensorBoard scalars (process 0 only)."""
 
-    def __init__(self, directory: str | Path, tensorboard: bool = True):
+    def __init__(self, directory: PathLike, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.directory = Path(directory)
+        self.directory = as_path(directory)
         self._jsonl = None
         self._tb = None
         if not self.enabled:
             return
+        if is_file(self.directory):
+            raise ValueError(f"run directory {path_str(self.directory)} is a file")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.directory / "metrics.jsonl", "a")
+        self._jsonl = AppendFile(self.directory / "metrics.jsonl", min_interval_s=REMOTE_FLUSH_S)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
+            if is_remote(self.directory):
+                _route_tensorboard(str(self.directory).split("://")[0])
             self._tb = SummaryWriter(str(self.directory / "tb"))
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
@@ -126,10 +135,25 @@ class MetricWriter:
             self._tb = None
 
 
-def read_metrics(directory: str | Path) -> list[dict]:
+def read_metrics(directory: PathLike) -> list[dict]:
     """The records of `<dir>/metrics.jsonl`, in order (for tests, benchmarks and reports)."""
-    path = Path(directory) / "metrics.jsonl"
-    if not path.is_file():
+    path = as_path(directory) / "metrics.jsonl"
+    if not is_file(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _EventFiles:
+    """tensorboardX writer factory for a URL scheme: event files through `AppendFile` (etils.epath)."""
+
+    def open(self, path):
+        return AppendFile(path, min_interval_s=REMOTE_FLUSH_S)
+
+    def directory_check(self, path):
+        pass  # a bucket has no directories to create
+
+
+def _route_tensorboard(scheme: str) -> None:
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _EventFiles())

@@ -130,13 +130,18 @@ def test_export_params_and_hf(reference, tmp_path, fmt):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=0), params, ref_params)
 
 
-def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
+def test_diverging_run_stops_with_last_good_checkpoint(tmp_path, capsys):
     config = worker_config(tmp_path, 6)
     config = config.replace(train=config.train.replace(learning_rate=1e30, final_learning_rate=1e30,
                                                        checkpoint_every_steps=1, max_bad_steps=2))
     result = run_training(config, worker_dataset(), mesh=worker_mesh(), progress=False)
     assert result.status == "diverged"
-    assert result.skipped_steps[:2] == [result.skipped_steps[0], result.skipped_steps[0] + 1]
+    assert result.skipped_steps == [result.skipped_steps[0], result.skipped_steps[0] + 1]  # exactly max_bad_steps
+    assert result.step == result.skipped_steps[-1]
+    err = capsys.readouterr().err  # printed without a progress bar too
+    assert f"step {result.skipped_steps[0]}: non-finite loss" in err
+    assert (f"stopping: 2 consecutive non-finite steps (last verified checkpoint: step "
+            f"{result.skipped_steps[0] - 1})") in err
     ckpt = TrainCheckpointer(tmp_path, config)
     try:
         latest = ckpt.latest_step()
@@ -148,6 +153,38 @@ def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
         ckpt.close()
     skipped = [r for r in read_metrics(tmp_path) if r.get("skipped")]
     assert [r["step"] for r in skipped] == result.skipped_steps
+
+
+def test_ordinary_resume_is_quiet(reference, tmp_path, caplog):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    with caplog.at_level("WARNING"):
+        result = run_training(worker_config(run_dir, STEPS + 1), worker_dataset(), mesh=worker_mesh(), progress=False)
+    assert result.resumed_from == STEPS
+    assert "could not be restored" not in caplog.text, caplog.text[:2000]
+
+
+def test_sigterm_while_starting_exits_0(tmp_path):
+    """A SIGTERM right after the train command starts (before data and compiles) stops it cleanly."""
+    from llada_jax.data import default_corpus_topics
+    from llada_jax.io.tokenizer import train_tokenizer
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("\n\n".join(list(default_corpus_topics().values())[:6]))
+    tok = train_tokenizer([doc], tmp_path / "tok", 512)
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "llada_jax.cli", "pretrain", "--config", str(REPO / "configs" / "tiny.yaml"),
+                          "--no-progress", "train.steps=4", "train.warmup_steps=1", "train.decay_steps=1",
+                          "train.batch_size=8", "train.seq_len=16", f"train.checkpoint_dir={run_dir}",
+                          f"train.tokenizer={tok}", f"data.files=[{doc}]"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = p.stdout.readline()  # printed once the config is loaded, before the data and the compile
+    p.send_signal(signal.SIGTERM)
+    out = first + p.stdout.read()
+    assert p.wait(timeout=300) == 0, out
+    assert "stopped by SIGTERM" in out or "SIGTERM received" in out, out
 
 
 def test_init_from_export_and_refusal(reference, tmp_path):

@@ -1,0 +1,196 @@
+"""The pod journey on a real GCS API (fake-gcs-server on localhost, tests/gcs_emulator.py):
+tokenizer, data (text, JSONL, ArrayRecord, Parquet) and checkpoint_dir on the bucket; pretrain;
+SIGKILL mid-run; the restart resumes and ends bitwise equal to an uninterrupted run; exports in
+both formats to the bucket; generate and eval from the bucket exports; nothing of the run on
+local disk. Then a 2-process (gloo) run with its checkpoints on the bucket."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+POD_WORKER = REPO / "tests" / "pod_worker.py"
+
+
+def _cli(*args, cwd, timeout=300):
+    out = subprocess.run([sys.executable, "-m", "llada_jax.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                         text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _upload_corpus(bucket: str, tmp_path) -> str:
+    """The same documents in four formats under `<bucket>/data/`; returns that URL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from llada_jax.data import default_corpus_topics
+    from llada_jax.io.paths import as_path
+
+    docs = list(default_corpus_topics().values())[:12]
+    root = as_path(f"{bucket}/data")
+    for i, text in enumerate(docs[:3]):
+        (root / "txt" / f"doc{i}.txt").write_text(text)
+    (root / "rows.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[3:6]))
+    local = tmp_path / "docs.array_record"
+    writer = ArrayRecordWriter(str(local), "group_size:1")
+    for t in docs[6:9]:
+        writer.write(t.encode())
+    writer.close()
+    (root / "docs.array_record").write_bytes(local.read_bytes())
+    local.unlink()
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": docs[9:12]}), buf, row_group_size=2)
+    (root / "docs.parquet").write_bytes(buf.getvalue())
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def pod_bucket(gcs_server, tmp_path_factory):
+    """A bucket holding the corpus and a tokenizer trained from it (through the CLI)."""
+    import gcs_emulator
+
+    bucket = gcs_emulator.new_bucket("pod")
+    work = tmp_path_factory.mktemp("pod")
+    data = _upload_corpus(bucket, work)
+    _cli("train-tokenizer", "--input", f"{data}/txt", f"{data}/rows.jsonl", "--vocab-size", "512",
+         "--output", f"{bucket}/tok/tok", cwd=work)
+    return bucket, data, f"{bucket}/tok/tok.model"
+
+
+def _final_params(run_dir, step):
+    from llada_jax.io.checkpoint import read_config
+    from llada_jax.model.transformer import param_shapes
+    from llada_jax.training.checkpointer import TrainCheckpointer
+
+    config = read_config(run_dir)
+    ckpt = TrainCheckpointer(run_dir, config, async_save=False)
+    try:
+        return jax.tree.map(np.asarray, jax.device_get(ckpt.restore_params(step, param_shapes(config.model))))
+    finally:
+        ckpt.close()
+
+
+def test_pod_journey_on_a_bucket(pod_bucket, tmp_path):
+    from llada_jax.io.checkpoint import load_model
+    from llada_jax.io.paths import as_path
+    from llada_jax.training.metrics import read_metrics
+
+    bucket, data, tok = pod_bucket
+    cwd = tmp_path / "cwd"  # every process runs here; nothing may land in it
+    cwd.mkdir()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", LLADA_JAX_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(sys.path))
+    common = [f"train.tokenizer={tok}", f"data.files=[{data}]"]
+    steps = 6
+
+    def worker(run_dir, pause):
+        return subprocess.Popen([sys.executable, str(POD_WORKER), str(steps), str(pause), *common,
+                                 f"train.checkpoint_dir={run_dir}"], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    ref = worker(f"{bucket}/ref", 0)
+    ref_out = ref.communicate(timeout=400)[0]
+    assert ref.returncode == 0 and "RESULT done 6 None" in ref_out, ref_out[-3000:]
+
+    # SIGKILL once step 4 is logged (the step-2 checkpoint is on the bucket), then restart.
+    run_dir = f"{bucket}/run"
+    p = worker(run_dir, 0.5)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("STEP 4"):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+    p = worker(run_dir, 0)
+    out = p.communicate(timeout=400)[0]
+    assert p.returncode == 0, out[-3000:]
+    status, stopped, resumed = [ln for ln in out.splitlines() if ln.startswith("RESULT")][0].split()[1:]
+    assert status == "done" and int(stopped) == steps and int(resumed) >= 2, out[-2000:]
+    ref_params = _final_params(f"{bucket}/ref", steps)
+    jax.tree.map(np.testing.assert_array_equal, _final_params(run_dir, steps), ref_params)
+    # metrics.jsonl on a bucket is uploaded every few seconds: the killed run's last lines may be
+    # lost, the resumed run logs every step after the one it resumed from, with the same losses.
+    ref_losses = {r["step"]: r["loss"] for r in read_metrics(f"{bucket}/ref") if "loss" in r}
+    losses = {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+    assert set(range(int(resumed) + 1, steps + 1)) <= set(losses)
+    assert losses == {s: ref_losses[s] for s in losses}
+    assert list(as_path(run_dir).glob("tb/*")), "TensorBoard events on the bucket"
+
+    # Exports to the bucket (CLI), then sample and evaluate from them.
+    _cli("export", run_dir, f"{bucket}/exp_params", cwd=cwd)
+    _cli("export", run_dir, f"{bucket}/exp_hf", "--format", "hf", cwd=cwd)
+    for fmt in ("params", "hf"):
+        _, params = load_model(f"{bucket}/exp_{fmt}")
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, ref_params)
+    sample = ["--gen-length", "8", "--steps", "4", "--block-length", "8"]
+    _cli("generate", "--checkpoint", f"{bucket}/exp_params", "--tokenizer", tok, "--prompt", "The", *sample, cwd=cwd)
+    _cli("eval", "--checkpoint", f"{bucket}/exp_hf", "--tokenizer", tok, "--task", "reverse", "--num-examples", "2",
+         "--batch-size", "2", *sample, cwd=cwd)
+
+    assert list(cwd.iterdir()) == [], "nothing of the run on local disk"
+    assert not (REPO / "gs:").exists()
+
+
+def test_two_processes_checkpoint_to_a_bucket(pod_bucket, tmp_path):
+    import socket
+
+    from llada_jax.training.metrics import read_metrics
+    from llada_jax.io.paths import as_path
+
+    bucket, data, tok = pod_bucket
+    run_dir = f"{bucket}/mh"
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               LLADA_JAX_CACHE=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "llada_jax.cli", "pretrain", "--config", str(REPO / "configs" / "tiny.yaml"),
+           "--no-progress", "--coordinator", f"localhost:{port}", "--num-processes", "2",
+           "train.steps=4", "train.warmup_steps=1", "train.decay_steps=1", "train.batch_size=8",
+           "train.seq_len=32", "train.log_every=1", "train.checkpoint_every_steps=2", "train.tensorboard=false",
+           f"train.checkpoint_dir={run_dir}", f"train.tokenizer={tok}", f"data.files=[{data}]"]
+    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = []
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "pretrain done at step 4" in outs[0], outs[0][-2000:]
+    root = as_path(run_dir)
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4"]
+    assert sorted(f.name for f in (root / "4" / "data").glob("*.json")) == ["process_0-of-2.json",
+                                                                            "process_1-of-2.json"]
+    assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == [1, 2, 3, 4]
+    from llada_jax.training.checkpointer import verify_run
+
+    assert dict(verify_run(run_dir)) == {2: None, 4: None}
+
+
+def test_sweep_outputs_on_a_bucket(bucket):
+    from llada_jax.evaluation.sweep import CSV_NAME, plot_rows, read_rows, write_table
+    from llada_jax.io.paths import as_path, write_text
+
+    out = as_path(bucket) / "sweep"
+    rows = [{"steps": s, "family": "low_confidence", "status": "ok", "accuracy": a, "model_calls": s,
+             "tokens_per_s": 10.0 * s, "seconds": 1.0} for s, a in ((4, 0.5), (8, 0.75))]
+    write_text(out / CSV_NAME, "steps,accuracy\n4,0.5\n")
+    assert read_rows(out / CSV_NAME) == [{"steps": "4", "accuracy": "0.5"}]
+    assert "| 8 | 0.750 |" in write_table(rows, out / "table.md", ["steps"]).read_text()
+    calls, speed = plot_rows(rows, out, ["steps"])
+    assert calls.read_bytes()[:4] == b"\x89PNG" and speed.exists()
