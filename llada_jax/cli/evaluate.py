@@ -191,7 +191,7 @@ LM_EVAL_USAGE = """llada-jax lm-eval: lm-evaluation-harness with the llada_jax m
 
 
 def _recipe_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llada-jax lm-eval --recipe", add_help=False,
+    p = argparse.ArgumentParser(prog="llada-jax lm-eval", add_help=False,
                                 description="run an evaluation recipe through lm-eval, one task row at a time")
     p.add_argument("--recipe", type=Path, required=True, help="recipe YAML (configs/eval/*.yaml)")
     p.add_argument("--tasks", default=None, help="comma-separated rows of the recipe to run (default: all)")

@@ -1,6 +1,6 @@
 """lm-evaluation-harness (0.4.x) model `llada_jax`: a llada-jax checkpoint behind lm-eval's `LM` API.
 
-- `loglikelihood`: the Monte Carlo estimate of `likelihood.log_likelihood_batch` (SPEC 4), with
+- `loglikelihood`: the Monte Carlo estimate of `likelihood.log_likelihood_batch` (docs/semantics.md, Likelihood), with
   the release's pair encoding (trailing context spaces move to the continuation; BOS first).
   `is_greedy` is the release's check: unmask the continuation one token a step, most confident
   first (the sampler with steps = block = gen = continuation length); `check_greedy=False`

@@ -181,7 +181,8 @@ def parse_preset(spec: str) -> tuple[Path, str]:
     """`FILE:ROW` -> (file, row name)."""
     file, sep, row = str(spec).rpartition(":")
     if not sep or not file or not row:
-        raise ValueError(f"--preset {spec!r}: expected RECIPE_FILE:ROW, e.g. configs/eval/llada-8b-base-lm-eval.yaml:gsm8k")
+        raise ValueError(f"--preset {spec!r}: expected RECIPE_FILE:ROW, "
+                         f"e.g. configs/eval/llada-8b-base-lm-eval.yaml:gsm8k")
     return Path(file), row
 
 

@@ -1,4 +1,4 @@
-"""The lm-eval adapter: methods on lm-eval Instances; local tasks end to end through `llada-jax lm-eval` (subprocess)."""
+"""The lm-eval adapter: methods on lm-eval Instances; local tasks end to end through the CLI (subprocess)."""
 
 import json
 import os
