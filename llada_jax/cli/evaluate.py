@@ -18,6 +18,16 @@ from pathlib import Path
 from llada_jax.cli.options import add_model_flags, add_sampler_flags, checkpoint_tokenizer, eval_mesh, sample_flags
 
 
+def _count(text: str) -> int | None:
+    """--num-examples: a positive integer, or 'all' (None: every example of a task file)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+
+
 def _add_task_flags(p) -> None:
     from llada_jax.evaluation.tasks import TASK_NAMES
 
@@ -27,7 +37,8 @@ def _add_task_flags(p) -> None:
                    help="override the task's scorer")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=INT",
                    help="generator option of a synthetic task, e.g. min_len=4 (repeatable)")
-    p.add_argument("--num-examples", type=int, default=64)
+    p.add_argument("--num-examples", type=_count, default=64,
+                   help="examples to draw (with --seed), or 'all' of a task file (default 64)")
     p.add_argument("--seed", type=int, default=0, help="examples and sampling seed")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
     p.add_argument("--no-chat", action="store_true", help="BOS + raw prompt instead of the chat template")

@@ -107,7 +107,7 @@ def grid_cells(base: SampleConfig | Mapping, grid: Mapping[str, Sequence]) -> li
         settings = {**base, **dict(zip(names, values))}
         try:
             sample = SampleConfig.from_dict(settings, where="cell")
-            cells.append(Cell(settings, sample))
+            cells.append(Cell(sample.to_dict(), sample))   # typed values (a flag's "0.9" -> 0.9)
         except ConfigError as e:
             cells.append(Cell(settings, None, str(e).removeprefix("cell.").removeprefix("cell: ")))
     return cells

@@ -182,7 +182,7 @@ def test_cli_eval_reversal_runs_as_the_release(setup, tiny_cfg, tiny_params, cap
                              {"first": "5 6", "second": "7 8", "source": "b"}]), encoding="utf-8")
     out_file = d / "poem.json"
     code = main(["eval", "--checkpoint", str(ckpt), "--task", "poem-forward", "--task-file", str(f),
-                 "--output", str(out_file), "--mesh", "none"])
+                 "--num-examples", "all", "--output", str(out_file), "--mesh", "none"])
     assert code == 0, capsys.readouterr().err
     got = json.loads(out_file.read_text())
     assert (got["sample"]["gen_length"], got["sample"]["steps"], got["sample"]["block_length"]) == (28, 28, 28)
