@@ -186,10 +186,13 @@ def run_recipe(rows: Sequence[RecipeRow], params: Any, cfg: Any, tokenizer: Any,
         lm = LladaJaxLM(params=params, model_config=cfg, tokenizer=tokenizer, seed=seed, batch_size=batch_size,
                         **row.model_args())
         t0 = time.perf_counter()
-        results = simple_evaluate(model=lm, tasks=[row.task], num_fewshot=row.num_fewshot, limit=limit,
-                                  task_manager=manager, apply_chat_template=row.apply_chat_template,
-                                  confirm_run_unsafe_code=row.confirm_run_unsafe_code, log_samples=False,
-                                  random_seed=seed)
+        try:
+            results = simple_evaluate(model=lm, tasks=[row.task], num_fewshot=row.num_fewshot, limit=limit,
+                                      task_manager=manager, apply_chat_template=row.apply_chat_template,
+                                      confirm_run_unsafe_code=row.confirm_run_unsafe_code, log_samples=False,
+                                      random_seed=seed)
+        except ConnectionError as e:   # the task's dataset is not cached and the Hub cannot be reached
+            raise ValueError(f"row '{row.name}' (lm-eval task {row.task}): {e}") from e
         seconds = time.perf_counter() - t0
         if results is None:
             raise RuntimeError(f"lm-eval returned no results for row '{row.name}'")

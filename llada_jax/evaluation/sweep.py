@@ -252,7 +252,7 @@ def write_table(rows: Sequence[Mapping], path: Path, grid_names: Sequence[str]) 
         if r.get("status") == "skipped":
             metrics = ["-", "-", "-", "-", f"skipped: {r.get('reason', '')}"]
         else:
-            metrics = [f"{_num(r, 'accuracy'):.3f}", f"{_num(r, 'model_calls'):.1f}",
+            metrics = [f"{_num(r, 'accuracy'):.3f}", f"{_num(r, 'model_calls'):g}",
                        f"{_num(r, 'tokens_per_s'):.1f}", f"{_num(r, 'seconds'):.2f}", r.get("reason", "") or ""]
         lines.append("| " + " | ".join([_fmt_cell(r[n]) for n in grid_names] + metrics) + " |")
     path.write_text("\n".join(lines) + "\n")
