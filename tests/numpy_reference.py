@@ -1,4 +1,4 @@
-"""An independent NumPy (float64) implementation of SPEC section 1, for the model tests.
+"""An independent NumPy (float64) implementation of docs/semantics.md (The model), for the model tests.
 
 Written from the spec, not from model.py: explicit per-head loops, HF-style weight names.
 """

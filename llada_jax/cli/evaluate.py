@@ -1,17 +1,31 @@
 """`llada-jax` evaluation subcommands: eval, sweep, likelihood, lm-eval.
 
 Thin: parse, load the checkpoint, tokenizer and task, call `evaluate` / `sweep` /
-`likelihood`, print. Registered in `cli.main` through `EVAL_SUBCOMMANDS`.
+`likelihood` / `run_recipe`, print. Registered in `cli.main` through `EVAL_SUBCOMMANDS`.
+
+Sampler settings of eval and sweep, each layer overriding the one before: the checkpoint's
+`sample:` section, the task's own defaults (the release's reversal evaluation: 28/28/28),
+`--preset RECIPE:ROW` (a recipe row's settings), then the flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from llada_jax.cli.options import add_model_flags, add_sampler_flags, base_sample, checkpoint_tokenizer, eval_mesh
+from llada_jax.cli.options import add_model_flags, add_sampler_flags, checkpoint_tokenizer, eval_mesh, sample_flags
 
+
+def _count(text: str) -> int | None:
+    """--num-examples: a positive integer, or 'all' (None: every example of a task file)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
 
 
 def _add_task_flags(p) -> None:
@@ -19,13 +33,18 @@ def _add_task_flags(p) -> None:
 
     p.add_argument("--task", required=True, choices=TASK_NAMES, metavar="NAME", help=", ".join(TASK_NAMES))
     p.add_argument("--task-file", type=Path, default=None, help="JSON/JSONL file of the file tasks")
-    p.add_argument("--scorer", choices=("exact", "numeric"), default=None, help="override the task's scorer")
+    p.add_argument("--scorer", choices=("exact", "numeric", "contains"), default=None,
+                   help="override the task's scorer")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=INT",
                    help="generator option of a synthetic task, e.g. min_len=4 (repeatable)")
-    p.add_argument("--num-examples", type=int, default=64)
+    p.add_argument("--num-examples", type=_count, default=64,
+                   help="examples to draw (with --seed), or 'all' of a task file (default 64)")
     p.add_argument("--seed", type=int, default=0, help="examples and sampling seed")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
     p.add_argument("--no-chat", action="store_true", help="BOS + raw prompt instead of the chat template")
+    p.add_argument("--preset", metavar="RECIPE:ROW", default=None,
+                   help="start from an evaluation recipe row's sampler settings, e.g. "
+                        "configs/eval/llada-8b-instruct-opencompass.yaml:gsm8k (flags still override)")
 
 
 def _task(args):
@@ -42,23 +61,37 @@ def _task(args):
                      scorer=args.scorer, **options)
 
 
+def _settings(args, task) -> dict:
+    """Sampler settings (not yet validated: a sweep's grid applies first): checkpoint < task < preset < flags."""
+    from llada_jax.evaluation.evaluate import checkpoint_sample
+    from llada_jax.evaluation.recipes import preset_settings
+
+    settings = checkpoint_sample(args.checkpoint).to_dict()
+    settings.update(task.sample_defaults)
+    if args.preset:
+        settings.update(preset_settings(args.preset))
+    settings.update(sample_flags(args))
+    return settings
+
+
 def _load(args):
-    """(task, tokenizer, cfg, params): the cheap checks first, the checkpoint last."""
+    """(tokenizer, cfg, params), after the cheap checks."""
     from llada_jax.io.checkpoint import load_model
     from llada_jax.io.tokenizer import check_tokenizer_matches
 
-    task = _task(args)
     tokenizer = checkpoint_tokenizer(args)
     cfg, params = load_model(args.checkpoint)
     check_tokenizer_matches(tokenizer, cfg)
-    return task, tokenizer, cfg, params
+    return tokenizer, cfg, params
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from llada_jax.config import SampleConfig
     from llada_jax.evaluation.evaluate import evaluate
 
-    sample = base_sample(args.checkpoint, args)
-    task, tokenizer, cfg, params = _load(args)
+    task = _task(args)
+    sample = SampleConfig.from_dict(_settings(args, task))
+    tokenizer, cfg, params = _load(args)
     result = evaluate(params, cfg, tokenizer, task, sample, batch_size=args.batch_size, seed=args.seed,
                       chat=not args.no_chat, mesh=eval_mesh(args.mesh), mc_num=args.mc_num,
                       ll_batch_size=args.ll_batch_size)
@@ -69,7 +102,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             json.dump({**summary, "outputs": list(result.outputs)}, f, indent=1)
     print(json.dumps(summary))
     print(f"{task.name}: accuracy {result.accuracy:.3f} ({result.correct}/{result.num_examples}), "
-          f"{result.model_calls:.1f} model calls/answer, {result.tokens_per_s:.1f} tokens/s, "
+          f"{result.model_calls} model calls/answer, {result.tokens_per_s:.1f} tokens/s, "
           f"{result.seconds:.2f} s (+{result.compile_seconds:.1f} s compile)")
     return 0
 
@@ -88,12 +121,15 @@ def _add_eval(sub) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from llada_jax.evaluation.sweep import CSV_NAME, PLOT_CALLS, PLOT_SPEED, TABLE_NAME, grid_cells, parse_grid, run_sweep
+    from llada_jax.evaluation.sweep import (CSV_NAME, PLOT_CALLS, PLOT_SPEED, TABLE_NAME, count_cells, grid_cells,
+                                            parse_grid, run_sweep)
+    from llada_jax.io.paths import as_path, is_remote
 
     grid = parse_grid(args.grid)          # bad keys / values fail here, before anything loads
-    sample = base_sample(args.checkpoint, args)
-    total = len(grid_cells(sample, grid))
-    task, tokenizer, cfg, params = _load(args)
+    task = _task(args)
+    settings = _settings(args, task)      # validated per cell, after the grid applies
+    total = len(grid_cells(settings, grid))
+    tokenizer, cfg, params = _load(args)
     bar = tqdm(total=total, desc=f"sweep {task.name}", unit="cell", disable=args.no_progress)
 
     def on_cell(row, index, count):
@@ -101,15 +137,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if row.get("status") == "ok":
             bar.set_postfix_str(f"acc {float(row['accuracy']):.2f}")
 
-    rows = run_sweep(params, cfg, tokenizer, task, grid, args.out, base=sample, batch_size=args.batch_size,
-                     seed=args.seed, chat=not args.no_chat, mesh=eval_mesh(args.mesh), on_cell=on_cell)
+    rows = run_sweep(params, cfg, tokenizer, task, grid, args.out, base=settings, batch_size=args.batch_size,
+                     seed=args.seed, chat=not args.no_chat, mesh=eval_mesh(args.mesh), on_cell=on_cell,
+                     checkpoint=str(args.checkpoint) if is_remote(args.checkpoint) else os.path.abspath(args.checkpoint))
     bar.close()
-    from llada_jax.io.paths import as_path
-
     out = as_path(args.out)
     print((out / TABLE_NAME).read_text())
-    ran = sum(r.get("compiled") in ("new", "reused") for r in rows)
-    print(f"{len(rows)} cells ({ran} run now, {sum(r.get('status') == 'skipped' for r in rows)} skipped); "
+    print(f"{len(rows)} cells: {count_cells(rows)}; "
           f"wrote {out / CSV_NAME}, {out / TABLE_NAME}, {out / PLOT_CALLS}, {out / PLOT_SPEED}")
     return 0
 
@@ -159,17 +193,87 @@ def _add_likelihood(sub) -> None:
     p.set_defaults(func=_cmd_likelihood)
 
 
+LM_EVAL_USAGE = """llada-jax lm-eval: lm-evaluation-harness with the llada_jax model registered. Two forms:
+
+  llada-jax lm-eval --recipe FILE --checkpoint DIR [--tasks ROW,ROW] [--out DIR] [--limit N] ...
+      every row (or the rows named) of an evaluation recipe (configs/eval/*.yaml), each with its
+      own few-shot count and model settings; writes OUT/<row>.json and OUT/summary.{csv,md}
+  llada-jax lm-eval --model llada_jax --model_args checkpoint=DIR[,gen_length=N,...] --tasks ... [options]
+      lm-eval's own command line (its `run` options are listed below)
+"""
+
+
+def _recipe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llada-jax lm-eval", add_help=False,
+                                description="run an evaluation recipe through lm-eval, one task row at a time")
+    p.add_argument("--recipe", type=Path, required=True, help="recipe YAML (configs/eval/*.yaml)")
+    p.add_argument("--tasks", default=None, help="comma-separated rows of the recipe to run (default: all)")
+    p.add_argument("--out", type=Path, default=Path("eval_results"), help="output directory (default: eval_results)")
+    p.add_argument("--include_path", "--include-path", dest="include_path", type=Path, default=None,
+                   help="a folder of extra lm-eval task YAMLs (local tasks)")
+    p.add_argument("--limit", type=float, default=None,
+                   help="examples per task, or a fraction below 1 (lm-eval's --limit; for a quick look)")
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16,
+                   help="prompts (or likelihood pairs) per model call")
+    p.add_argument("--seed", type=int, default=0)
+    add_model_flags(p)
+    return p
+
+
+def _run_recipe(argv: list[str]) -> int:
+    from llada_jax.evaluation.lm_eval_adapter import run_recipe
+    from llada_jax.evaluation.recipes import SUMMARY_CSV, SUMMARY_MD, load_recipe
+    from llada_jax.io.checkpoint import load_model
+    from llada_jax.io.tokenizer import check_tokenizer_matches
+
+    args = _recipe_parser().parse_args(argv)
+    recipe = load_recipe(args.recipe)                  # a bad file or row name fails before the model loads
+    rows = recipe.select([t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None)
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    tokenizer = checkpoint_tokenizer(args)
+    cfg, params = load_model(args.checkpoint)
+    check_tokenizer_matches(tokenizer, cfg)
+
+    def on_row(row, lines):
+        shown = ", ".join(f"{x['metric']} {x['value']:.4f}" for x in lines)
+        print(f"{row.name} ({row.task}): {shown} [{row.settings_text()}]", flush=True)
+
+    run_recipe(rows, params, cfg, tokenizer, args.out, include_path=args.include_path, limit=limit,
+               batch_size=args.batch_size, seed=args.seed, on_row=on_row)
+    print((args.out / SUMMARY_MD).read_text())
+    print(f"{len(rows)} task rows; wrote {args.out / SUMMARY_CSV}, {args.out / SUMMARY_MD} and one JSON per row")
+    return 0
+
+
 def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    argv = list(args.lm_eval_args)
+    wants_help = "-h" in argv or "--help" in argv
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        if wants_help:
+            _recipe_parser().print_help()
+            return 0
+        return _run_recipe(argv)
     from llada_jax.evaluation.lm_eval_adapter import main
 
-    return main(args.lm_eval_args)
+    if not argv or wants_help:
+        print(LM_EVAL_USAGE)
+        _recipe_parser().print_help()
+        print("\nlm-eval's own options (the second form):\n", flush=True)
+        try:
+            return main(["run", "--help"])
+        except SystemExit as e:
+            return int(e.code or 0)
+    return main(argv)
 
 
 def _add_lm_eval(sub) -> None:
-    p = sub.add_parser("lm-eval", help="run lm-eval's CLI with the llada_jax model registered (needs the eval extra)",
-                       add_help=False)
+    # prefix_chars="+": argparse takes none of the arguments as this parser's options, so all of
+    # them, lm-eval's flags and --help included, reach `_cmd_lm_eval` untouched.
+    p = sub.add_parser("lm-eval", add_help=False, prefix_chars="+",
+                       help="lm-eval with the llada_jax model registered, or an evaluation recipe "
+                            "(needs the eval extra; `llada-jax lm-eval --help`)")
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER,
-                   help="lm_eval arguments, e.g. --model llada_jax --model_args checkpoint=DIR --tasks ...")
+                   help="--recipe FILE --checkpoint DIR ..., or lm_eval's: --model llada_jax --model_args ...")
     p.set_defaults(func=_cmd_lm_eval)
 
 

@@ -33,15 +33,19 @@ def add_sampler_flags(p) -> None:
     g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None)
 
 
+def sample_flags(args) -> dict:
+    """The sampler flags the user set (unset flags are absent)."""
+    from llada_jax.config import SAMPLE_FIELDS
+
+    return {k: getattr(args, k) for k in SAMPLE_FIELDS if getattr(args, k, None) is not None}
+
+
 def base_sample(checkpoint: Path, args=None):
     """The checkpoint config's sample section (defaults for a HF directory), with flags applied."""
-    from llada_jax.config import SAMPLE_FIELDS
     from llada_jax.evaluation.evaluate import checkpoint_sample
 
     base = checkpoint_sample(checkpoint)
-    if args is None:
-        return base
-    changes = {k: getattr(args, k) for k in SAMPLE_FIELDS if getattr(args, k, None) is not None}
+    changes = sample_flags(args) if args is not None else {}
     return base.replace(**changes) if changes else base
 
 

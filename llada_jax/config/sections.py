@@ -36,7 +36,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
-    """The mask predictor's architecture (SPEC section 1) and how it is computed."""
+    """The mask predictor's architecture (docs/semantics.md, The model) and how it is computed."""
 
     vocab_size: int = 126464
     d_model: int = 4096
@@ -108,7 +108,7 @@ CACHES = (None, "prefix", "dual")  # None: no cache ("none" is read as None)
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig(Section):
-    """Default sampler settings (SPEC section 3); the CLI and sweeps start from these."""
+    """Default sampler settings (docs/semantics.md, Sampling); the CLI and sweeps start from these."""
 
     gen_length: int = 128
     steps: int = 128
@@ -179,7 +179,7 @@ class TrainConfig(Section):
     weight_decay: float = 0.1
     grad_clip: float = 1.0               # global-norm clip; 0 disables
     noise_eps: float = 1e-3              # p_mask = (1 - eps) t + eps
-    random_length_prob: float = 0.01     # pretraining batches cut to U{1..L} (SPEC section 2)
+    random_length_prob: float = 0.01     # pretraining batches cut to U{1..L} (docs/semantics.md, Training objectives)
     seed: int = 0
     init_from: str | None = None         # params export or HF directory to start from (SFT)
     tokenizer: str | None = None         # sentencepiece .model, tokenizer.json or a directory with one

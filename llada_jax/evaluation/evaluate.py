@@ -9,7 +9,9 @@ Carlo log-likelihood (`likelihood.log_likelihood_batch`).
 
 Speed: `seconds` is the wall time of the timed pass (after one untimed warm-up batch that
 compiles, unless `warmup=False`), `tokens_per_s` counts `gen_length` tokens per answer, and
-`model_calls` is the mean number of forward passes per answer (a batch's rows share them).
+`model_calls` is the number of forward passes per answer, an integer (a batch's rows share them;
+with a threshold, batches differ and it is the mean rounded to the nearest integer;
+`model_calls_total` counts every forward pass of the timed run).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class GenerationRun:
     """Generated ids [N, G] of one sampler setting and how long they took."""
 
     tokens: np.ndarray
-    model_calls: float
+    model_calls: int             # per answer (batch mean, rounded)
     seconds: float
     compile_seconds: float
+    model_calls_total: int = 0   # every batch's forward passes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +58,12 @@ class EvalResult:
     num_examples: int
     correct: int
     accuracy: float
-    model_calls: float
+    model_calls: int
     tokens_per_s: float
     seconds: float
     compile_seconds: float
     outputs: tuple
+    model_calls_total: int = 0
 
     def summary(self) -> dict:
         """Everything but the outputs, as plain numbers."""
@@ -203,7 +207,8 @@ def generate_answers(params: Any, cfg: ModelConfig, prompts: EncodedPrompts, sam
         calls.append(c)
     seconds = time.perf_counter() - t0
     compile_seconds = max(warm_seconds - first, 0.0) if warmup else 0.0
-    return GenerationRun(np.concatenate(outputs), float(np.mean(calls)), seconds, compile_seconds)
+    return GenerationRun(np.concatenate(outputs), int(round(float(np.mean(calls)))), seconds, compile_seconds,
+                         int(sum(calls)))
 
 
 def score_generation(task: Task, tokenizer, cfg: ModelConfig, run: GenerationRun, gen_length: int) -> EvalResult:
@@ -212,9 +217,9 @@ def score_generation(task: Task, tokenizer, cfg: ModelConfig, run: GenerationRun
     outputs = tuple(decode_answer(tokenizer, row, stops) for row in run.tokens)
     correct = task.correct(outputs)
     n = len(outputs)
-    return EvalResult(task.name, n, int(correct), correct / n, run.model_calls,
+    return EvalResult(task.name, n, int(correct), correct / n, int(run.model_calls),
                       n * gen_length / run.seconds if run.seconds > 0 else float("inf"),
-                      run.seconds, run.compile_seconds, outputs)
+                      run.seconds, run.compile_seconds, outputs, int(run.model_calls_total))
 
 
 def evaluate_choice(params: Any, cfg: ModelConfig, tokenizer, task: Task, *, chat: bool = True, mc_num: int = 128,
@@ -240,8 +245,9 @@ def evaluate_choice(params: Any, cfg: ModelConfig, tokenizer, task: Task, *, cha
     correct = task.correct(picks)
     n = len(picks)
     tokens = sum(len(a) for a in answers)
-    return EvalResult(task.name, n, int(correct), correct / n, float(mc_num) * len(answers) / n / batch_size,
-                      tokens / seconds, seconds, 0.0, picks)
+    minibatches = (mc_num // batch_size) * len(answers)      # forward passes of `batch_size` rows each
+    return EvalResult(task.name, n, int(correct), correct / n, int(round(minibatches / n)),
+                      tokens / seconds, seconds, 0.0, picks, int(minibatches))
 
 
 def evaluate(params: Any, cfg: ModelConfig, tokenizer, task: Task, sample: SampleConfig, *, batch_size: int = 16,

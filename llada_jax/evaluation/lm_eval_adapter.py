@@ -1,6 +1,6 @@
 """lm-evaluation-harness (0.4.x) model `llada_jax`: a llada-jax checkpoint behind lm-eval's `LM` API.
 
-- `loglikelihood`: the Monte Carlo estimate of `likelihood.log_likelihood_batch` (SPEC 4), with
+- `loglikelihood`: the Monte Carlo estimate of `likelihood.log_likelihood_batch` (docs/semantics.md, Likelihood), with
   the release's pair encoding (trailing context spaces move to the continuation; BOS first).
   `is_greedy` is the release's check: unmask the continuation one token a step, most confident
   first (the sampler with steps = block = gen = continuation length); `check_greedy=False`
@@ -16,12 +16,18 @@ so this module must be imported before lm-eval looks the name up. Command lines 
     python -m llada_jax.evaluation.lm_eval_adapter --model llada_jax --model_args checkpoint=DIR --tasks ...
 
 and from Python: `import llada_jax.evaluation.lm_eval_adapter` then `lm_eval.simple_evaluate(model="llada_jax", ...)`.
+
+`run_recipe` runs the rows of an evaluation recipe (`recipes.load_recipe`) one lm-eval task at a
+time, each with its own few-shot count and model settings, on one loaded model.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -35,6 +41,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from llada_jax.config import SampleConfig
 from llada_jax.config import SAMPLE_FIELDS
 from llada_jax.evaluation.evaluate import decode_answer, encode_prompt, left_pad
+from llada_jax.evaluation.recipes import RecipeRow, summary_lines, write_summary
 from llada_jax.inference.likelihood import log_likelihood_batch
 from llada_jax.inference.sampling import generate_with_stats
 
@@ -160,6 +167,44 @@ class LladaJaxLM(LM):
                         text = text.split(stop, 1)[0]
                 results.append(text)
         return results
+
+
+def run_recipe(rows: Sequence[RecipeRow], params: Any, cfg: Any, tokenizer: Any, out_dir: str | Path, *,
+               include_path: str | Path | None = None, limit: int | float | None = None, batch_size: int = 16,
+               seed: int = 0, on_row: Callable[[RecipeRow, list[dict]], None] | None = None) -> list[dict]:
+    """Run each row's lm-eval task with the row's settings; write `<row>.json` (lm-eval's results)
+    per row and `summary.csv` / `summary.md` (rewritten after every row); return the summary lines."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    lines: list[dict] = []
+    for row in rows:
+        lm = LladaJaxLM(params=params, model_config=cfg, tokenizer=tokenizer, seed=seed, batch_size=batch_size,
+                        **row.model_args())
+        t0 = time.perf_counter()
+        try:
+            results = simple_evaluate(model=lm, tasks=[row.task], num_fewshot=row.num_fewshot, limit=limit,
+                                      task_manager=manager, apply_chat_template=row.apply_chat_template,
+                                      confirm_run_unsafe_code=row.confirm_run_unsafe_code, log_samples=False,
+                                      random_seed=seed)
+        except ConnectionError as e:   # the task's dataset is not cached and the Hub cannot be reached
+            raise ValueError(f"row '{row.name}' (lm-eval task {row.task}): {e}") from e
+        seconds = time.perf_counter() - t0
+        if results is None:
+            raise RuntimeError(f"lm-eval returned no results for row '{row.name}'")
+        row_lines = summary_lines(row, results, seconds)
+        results = {**results, "llada_jax_recipe_row": {"name": row.name, "settings": row.settings_text(),
+                                                       "model_args": row.model_args(), "seconds": seconds}}
+        (out_dir / f"{row.name}.json").write_text(json.dumps(results, indent=1, default=handle_non_serializable))
+        lines += row_lines
+        write_summary(lines, out_dir)
+        if on_row is not None:
+            on_row(row, row_lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ this process skip the warm-up batch: settings that differ only in traced values
 (`threshold`, `temperature`, `cfg_scale`) reuse one compiled function.
 
 Results go to `results.csv` (one row per cell, appended as each finishes, so a re-run skips
-finished cells), `results.md` (a Markdown table) and two PNG plots: accuracy against model
+finished cells: a cell is the same when the checkpoint, task, examples, seed, batch and every
+sampler option are), `results.md` (a Markdown table) and two PNG plots: accuracy against model
 calls per answer and against tokens/s, one line per schedule family (every grid option but
 `steps`).
 """
@@ -29,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from llada_jax.config import REMASKING, SAMPLE_FIELDS, ConfigError, SampleConfig
 from llada_jax.config.base import NONE_WORDS, check_choice, coerce
 
-RUN_FIELDS = ("task", "num_examples", "seed", "batch_size", "chat")
+RUN_FIELDS = ("checkpoint", "task", "num_examples", "seed", "batch_size", "chat")
 METRICS = ("accuracy", "model_calls", "tokens_per_s", "seconds", "compile_seconds")
 COLUMNS = ("key", "run_key") + RUN_FIELDS + SAMPLE_FIELDS + ("family", "status", "reason", "compiled") + METRICS
 CSV_NAME, TABLE_NAME = "results.csv", "results.md"
@@ -94,15 +95,20 @@ class Cell:
         return dataclasses.replace(self.sample, steps=self.sample.gen_length // self.sample.block_length)
 
 
-def grid_cells(base: SampleConfig, grid: Mapping[str, Sequence]) -> list[Cell]:
-    """Every combination of `grid` applied to `base`, in grid order; invalid ones carry a reason."""
+def grid_cells(base: SampleConfig | Mapping, grid: Mapping[str, Sequence]) -> list[Cell]:
+    """Every combination of `grid` applied to `base`, in grid order; invalid ones carry a reason.
+
+    `base` may be a mapping of settings that is not valid on its own (e.g. a `gen_length` that
+    only the grid's `block_length` divides): each cell is validated after the grid applies.
+    """
     names = list(grid)
+    base = {**SampleConfig().to_dict(), **(base.to_dict() if isinstance(base, SampleConfig) else dict(base))}
     cells = []
     for values in itertools.product(*(grid[n] for n in names)):
-        settings = {**base.to_dict(), **dict(zip(names, values))}
+        settings = {**base, **dict(zip(names, values))}
         try:
             sample = SampleConfig.from_dict(settings, where="cell")
-            cells.append(Cell(settings, sample))
+            cells.append(Cell(sample.to_dict(), sample))   # typed values (a flag's "0.9" -> 0.9)
         except ConfigError as e:
             cells.append(Cell(settings, None, str(e).removeprefix("cell.").removeprefix("cell: ")))
     return cells
@@ -129,12 +135,27 @@ def cell_key(run: Mapping, settings: Mapping) -> str:
 
 
 def read_rows(path) -> list[dict]:
-    """Rows of an existing results CSV (empty if none); local or on a bucket."""
+    """Rows of an existing results CSV (empty if none; local or on a bucket); one with other columns is refused."""
     from llada_jax.io.paths import as_path, is_file
 
     if not is_file(path):
         return []
-    return list(csv.DictReader(io.StringIO(as_path(path).read_text(), newline="")))
+    reader = csv.DictReader(io.StringIO(as_path(path).read_text(), newline=""))
+    rows = list(reader)
+    if reader.fieldnames and list(reader.fieldnames) != list(COLUMNS):
+        raise ValueError(f"{path}: its columns are not this version's ({', '.join(COLUMNS)}); "
+                         f"sweep into a new --out directory")
+    return rows
+
+
+def count_cells(rows: Sequence[Mapping]) -> str:
+    """What a sweep call did with its cells: run now, shared a run, skipped, found in results.csv."""
+    earlier = sum(bool(r.get("resumed")) for r in rows)
+    now = [r for r in rows if not r.get("resumed")]
+    ran = sum(r.get("compiled") in ("new", "reused") for r in now)
+    shared = sum(r.get("compiled") == "shared" for r in now)
+    skipped = sum(r.get("status") == "skipped" for r in now)
+    return f"{ran} run now, {shared} shared a run, {skipped} skipped, {earlier} already in {CSV_NAME}"
 
 
 def _append_row(path, row: Mapping) -> None:
@@ -150,9 +171,13 @@ def _append_row(path, row: Mapping) -> None:
 
 
 def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], out_dir: str | Path, *,
-              base: SampleConfig | None = None, batch_size: int = 16, seed: int = 0, chat: bool = True,
-              mesh=None, on_cell: Callable[[dict, int, int], None] | None = None) -> list[dict]:
-    """Run every cell not already in `out_dir/results.csv`; write the table and plots; return this grid's rows."""
+              base: SampleConfig | Mapping | None = None, batch_size: int = 16, seed: int = 0, chat: bool = True,
+              mesh=None, on_cell: Callable[[dict, int, int], None] | None = None, checkpoint: str = "") -> list[dict]:
+    """Run every cell not already in `out_dir/results.csv`; write the table and plots; return this grid's rows.
+
+    `checkpoint` names the model in the resume key, so one `out_dir` can hold several models'
+    cells. Rows found in the CSV come back with `resumed=True` (see `count_cells`).
+    """
     from llada_jax.evaluation.evaluate import encode_prompts, generate_answers, place_params, score_generation
     from llada_jax.inference.sampling import make_plan
 
@@ -166,7 +191,8 @@ def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], o
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / CSV_NAME
     cells = grid_cells(base, grid)
-    run = dict(task=task.name, num_examples=len(task.examples), seed=seed, batch_size=batch_size, chat=chat)
+    run = dict(checkpoint=str(checkpoint), task=task.name, num_examples=len(task.examples), seed=seed,
+               batch_size=batch_size, chat=chat)
     done = {r["key"]: r for r in read_rows(csv_path)}
     by_run: dict[str, dict] = {r["run_key"]: {**{m: r[m] for m in METRICS}, "label": f"steps={r['steps']}"}
                                for r in done.values() if r.get("status") == "ok" and r.get("compiled") != "shared"}
@@ -183,7 +209,7 @@ def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], o
         key = cell_key(run, cell.settings)
         row = {"key": key, **run, **cell.settings, "family": family_of(cell.settings, list(grid))}
         if key in done:
-            rows.append(done[key])
+            rows.append({**done[key], "resumed": True})
         elif cell.sample is None:
             row.update(status="skipped", reason=cell.reason)
             _append_row(csv_path, row)
@@ -233,7 +259,7 @@ def write_table(rows: Sequence[Mapping], path: Path, grid_names: Sequence[str]) 
         if r.get("status") == "skipped":
             metrics = ["-", "-", "-", "-", f"skipped: {r.get('reason', '')}"]
         else:
-            metrics = [f"{_num(r, 'accuracy'):.3f}", f"{_num(r, 'model_calls'):.1f}",
+            metrics = [f"{_num(r, 'accuracy'):.3f}", f"{_num(r, 'model_calls'):g}",
                        f"{_num(r, 'tokens_per_s'):.1f}", f"{_num(r, 'seconds'):.2f}", r.get("reason", "") or ""]
         lines.append("| " + " | ".join([_fmt_cell(r[n]) for n in grid_names] + metrics) + " |")
     path.write_text("\n".join(lines) + "\n")

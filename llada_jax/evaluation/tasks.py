@@ -11,10 +11,14 @@ examples on every machine:
 
 File tasks (`path` required):
 
-- `poem-forward` / `poem-reverse`: a JSON file of poems or couplets (a list whose items are
-  lists of lines, or objects with a `lines` list); each pair of consecutive lines gives
-  "next line: {a}" -> b (forward) and "previous line: {b}" -> a (reverse), the release's
-  reversal evaluation.
+- `poem-forward` / `poem-reverse`: the release's reversal evaluation (its `eval_reverse.py`).
+  Its couplet file (`data/poem_data.json`, a JSON list of `{"first", "second", "source"}`)
+  gives the release's prompts, `{first}的下一句是什么？ 直接输出句子即可。` -> second (forward)
+  and `{second}的上一句是什么？ 直接输出句子即可。` -> first (reverse), scored as the release
+  does (right when the reference line is contained in the output), with the release's sampler
+  defaults (gen_length = steps = block_length = 28) in `Task.sample_defaults`. A file of poems
+  (items that are lists of lines, or objects with a `lines` list) gives every pair of
+  consecutive lines as "next line: {a}" -> b and "previous line: {b}" -> a, exact match.
 - `choice`: JSONL of `{"prompt" | "question", "choices": [...], "answer": index | text}`,
   scored by the likelihood of each choice.
 - `jsonl`: JSONL of `{"prompt", "answer" | "answers"}` free-form prompts, scored by exact match
@@ -49,6 +53,8 @@ class Task:
     name: str
     examples: tuple[Example, ...]
     scorer: str = "exact"
+    # Sampler settings this task is run with unless the caller overrides them (the CLI's flags).
+    sample_defaults: dict = dataclasses.field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -109,7 +115,13 @@ def numeric_match(output: str, references: Sequence[str]) -> bool:
     return any(w is not None and abs(got - w) < 1e-9 for w in wanted)
 
 
-SCORER_FUNCTIONS: dict[str, Callable[[str, Sequence[str]], bool]] = {"exact": exact_match, "numeric": numeric_match}
+def contains_match(output: str, references: Sequence[str]) -> bool:
+    """A reference occurs in the output (the release's reversal scoring: `answer in out`)."""
+    return any(r in str(output) for r in references)
+
+
+SCORER_FUNCTIONS: dict[str, Callable[[str, Sequence[str]], bool]] = {
+    "exact": exact_match, "numeric": numeric_match, "contains": contains_match}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,15 +245,27 @@ def _choice_examples(path: Path) -> list[Example]:
     return out
 
 
-def _poem_examples(path: Path, reverse: bool) -> list[Example]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if isinstance(data, dict) and "poems" in data:
-        data = data["poems"]
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty list of poems (lists of lines or objects with 'lines')")
+# The release's reversal prompts (eval_reverse.py): question suffixes and the extra instruction
+# (" just output the sentence directly.") appended to every prompt, and its sampler defaults.
+POEM_NEXT, POEM_PREVIOUS, POEM_INSTRUCTION = "的下一句是什么？", "的上一句是什么？", " 直接输出句子即可。"
+POEM_SAMPLE_DEFAULTS = {"gen_length": 28, "steps": 28, "block_length": 28}
+
+
+def _couplet_examples(path: Path, data: list, reverse: bool) -> list[Example]:
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                 for k in ("first", "second")):
+            raise ValueError(f"{path}: couplet {i} must be an object with non-empty 'first' and 'second' strings")
+        first, second = item["first"], item["second"]
+        if reverse:
+            out.append(Example(second + POEM_PREVIOUS + POEM_INSTRUCTION, (first,)))
+        else:
+            out.append(Example(first + POEM_NEXT + POEM_INSTRUCTION, (second,)))
+    return out
+
+
+def _line_pair_examples(path: Path, data: list, reverse: bool) -> list[Example]:
     out = []
     for i, poem in enumerate(data):
         lines = poem.get("lines") if isinstance(poem, dict) else poem
@@ -251,6 +275,22 @@ def _poem_examples(path: Path, reverse: bool) -> list[Example]:
             a, b = a.strip(), b.strip()
             out.append(Example(f"previous line: {b}", (a,)) if reverse else Example(f"next line: {a}", (b,)))
     return out
+
+
+def _poem_task(path: Path, reverse: bool) -> tuple[list[Example], str, dict]:
+    """(examples, scorer, sampler defaults) of a couplet file (the release's) or a file of poems."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and "poems" in data:
+        data = data["poems"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of couplets ({{'first', 'second'}}) or of poems "
+                         f"(lists of lines or objects with 'lines')")
+    if isinstance(data[0], dict) and "first" in data[0]:
+        return _couplet_examples(path, data, reverse), "contains", dict(POEM_SAMPLE_DEFAULTS)
+    return _line_pair_examples(path, data, reverse), "exact", {}
 
 
 def _subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
@@ -266,7 +306,8 @@ def load_task(name: str, *, num_examples: int | None = 64, seed: int = 0, path: 
     """Build task `name` (see `TASK_NAMES`): `num_examples` examples drawn with `seed`.
 
     File tasks need `path`; `options` go to a synthetic generator (`min_len`, `max_len`,
-    `digits`); `scorer` overrides the default (`exact` or `numeric`) of a generation task.
+    `digits`); `scorer` overrides the default (`exact`, `numeric` or `contains`) of a
+    generation task.
     """
     if name not in TASK_NAMES:
         close = difflib.get_close_matches(name, TASK_NAMES, n=1)
@@ -297,7 +338,7 @@ def load_task(name: str, *, num_examples: int | None = 64, seed: int = 0, path: 
             raise ValueError("task 'choice' is scored by likelihood; it takes no scorer")
         return Task(name, tuple(_subsample(_choice_examples(path), num_examples, seed)), "choice")
     if name == "jsonl":
-        examples = _jsonl_examples(path)
+        examples, default_scorer, defaults = _jsonl_examples(path), "exact", {}
     else:
-        examples = _poem_examples(path, reverse=name == "poem-reverse")
-    return Task(name, tuple(_subsample(examples, num_examples, seed)), scorer or "exact")
+        examples, default_scorer, defaults = _poem_task(path, reverse=name == "poem-reverse")
+    return Task(name, tuple(_subsample(examples, num_examples, seed)), scorer or default_scorer, defaults)

@@ -1,4 +1,4 @@
-"""Monte Carlo log-likelihood of an answer given a prompt (SPEC section 4, the release's
+"""Monte Carlo log-likelihood of an answer given a prompt (docs/semantics.md, Likelihood; the release's
 `get_log_likelihood`).
 
 For an answer of length `La`, `mc_num` samples are drawn in minibatches of `b` rows. Per
@@ -165,7 +165,7 @@ def _pack(pairs, length: int, pad_id: int):
 
 def log_likelihood(params, cfg: ModelConfig, prompt, answer, *, mc_num: int = 128, batch_size: int = 16,
                    cfg_scale: float = 0.0, key: jax.Array) -> float:
-    """Monte Carlo estimate of log p(answer | prompt) (SPEC section 4); one compile per length.
+    """Monte Carlo estimate of log p(answer | prompt) (docs/semantics.md, Likelihood); one compile per length.
 
     `prompt` and `answer` are 1-D integer token ids (numpy or jax); `mc_num` must be a multiple
     of `batch_size`. Same key, same masks: see `minibatch_keys` / `minibatch_mask`.

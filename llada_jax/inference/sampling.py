@@ -1,4 +1,4 @@
-"""Iterative unmasking samplers (SPEC section 3): the release's `generate`, and faster variants.
+"""Iterative unmasking samplers (docs/semantics.md, Sampling): the release's `generate`, and faster variants.
 
 `generate` runs the whole reverse process inside one jitted function: blocks are a `lax.scan`
 (a Python loop for the prefix cache, whose window length changes per block), the steps of a
@@ -124,7 +124,7 @@ def format_trajectory(trajectory, decode, mask_id: int, *, mark: str = "░",
 
 
 def _propose(logits, masked, keys, temperature, plan: Plan, cfg: ModelConfig):
-    """Candidate tokens x0 [B, K] and their confidence (-inf where not masked), SPEC 3 steps 2-6."""
+    """Candidate tokens x0 [B, K] and their confidence (-inf where not masked), docs/semantics.md, Sampling, step 2."""
     neg_inf = jnp.asarray(-jnp.inf, logits.dtype)
     if plan.logits_eos_inf:
         logits = logits.at[..., cfg.eos_token_id].set(neg_inf)
@@ -373,7 +373,7 @@ def generate(params: Any, cfg: ModelConfig, prompt, attention_mask=None, *, step
              remasking: str = "low_confidence", logits_eos_inf: bool = False,
              confidence_eos_eot_inf: bool = False, threshold: float | None = None, cache: str | None = None,
              key: jax.Array | None = None, return_trajectory: bool = False):
-    """Sample `gen_length` tokens after each prompt row by iterative unmasking (SPEC section 3).
+    """Sample `gen_length` tokens after each prompt row by iterative unmasking (docs/semantics.md, Sampling).
 
     prompt: int [B, P] (left-padded when lengths differ; `attention_mask` [B, P] marks real
     tokens). Returns int32 [B, P + G]; with `return_trajectory`, `(tokens, trajectory)` where

@@ -1,4 +1,4 @@
-"""Hugging Face LLaDA checkpoints (GSAI-ML/LLaDA-8B-*) to and from our params (SPEC section 1).
+"""Hugging Face LLaDA checkpoints (GSAI-ML/LLaDA-8B-*) to and from our params (docs/semantics.md, The model).
 
 HF stores linear weights `[out, in]` with names `model.transformer.blocks.{i}.q_proj.weight`,
 ...; we store `[in, ...out]` kernels with the layers stacked on axis 0. Loading streams one

@@ -4,7 +4,7 @@ Both expose one small interface, so data pipelines, samplers and the CLI work th
 project's own sentencepiece models and with LLaDA-8B's BPE tokenizer:
 `vocab_size`, `bos_id`, `eos_id`, `mask_id`, `eot_id`, `pad_id`, `header_start_id`,
 `header_end_id`, `encode(text)` (no BOS/EOS added), `decode(ids)` (special tokens dropped),
-`id_to_piece(i)` and `chat_prompt(messages)` (LLaDA's chat template, SPEC section 1).
+`id_to_piece(i)` and `chat_prompt(messages)` (LLaDA's chat template, docs/semantics.md (The model)).
 
 Special tokens are found by their strings, never by hard-coded ids. This module does not
 import grain (the GPU image has none).

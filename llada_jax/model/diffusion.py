@@ -1,4 +1,4 @@
-"""The forward (noising) process and the pretraining / SFT losses of SPEC section 2.
+"""The forward (noising) process and the pretraining / SFT losses of docs/semantics.md (Training objectives).
 
 All functions are pure and jittable. The release's "1% of batches are cut to a random length"
 cannot change a static shape under jit, so `random_length_mask` returns which positions are

@@ -1,4 +1,4 @@
-"""The LLaDA mask predictor (SPEC section 1): a LLaMA-style transformer without a causal mask.
+"""The LLaDA mask predictor (docs/semantics.md, The model): a LLaMA-style transformer without a causal mask.
 
 Used through pure functions: `init_params(cfg, key)` returns a plain pytree of arrays and
 `forward(params, cfg, tokens, attention_mask)` returns float32 logits. The layers are one

@@ -1,4 +1,4 @@
-"""The lm-eval adapter: methods on lm-eval Instances, and a local task end to end through lm-eval's CLI."""
+"""The lm-eval adapter: methods on lm-eval Instances; local tasks end to end through the CLI (subprocess)."""
 
 import json
 import os
@@ -120,25 +120,89 @@ metric_list:
 """
 
 
-def test_lm_eval_cli_end_to_end(setup):
+def _local_tasks(d):
+    """tiny_copy_gen / tiny_copy_choice over a local JSONL file (written once per module)."""
+    tasks = d / "cli_tasks"
+    if not tasks.is_dir():
+        tasks.mkdir()
+        data = d / "cli_copy.jsonl"
+        rows = [{"prompt": f"copy: {a} {b}", "answer": f"{a} {b}", "choices": [f"{a} {b}", f"{b} {a} 0"], "label": 0}
+                for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+        data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        (tasks / "gen.yaml").write_text(TASKS.format(data=data))
+        (tasks / "choice.yaml").write_text(CHOICE.format(data=data))
+    return tasks
+
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "llada_jax.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=900)
+
+
+def test_cli_lm_eval_as_documented_and_help(setup):
+    """`llada-jax lm-eval --model llada_jax --model_args ... --tasks ... --include_path ... --batch_size ...`."""
     d, _, ckpt, _ = setup
-    tasks = d / "tasks"
-    tasks.mkdir()
-    data = d / "copy.jsonl"
-    rows = [{"prompt": f"copy: {a} {b}", "answer": f"{a} {b}", "choices": [f"{a} {b}", f"{b} {a} 0"], "label": 0}
-            for a, b in [(1, 2), (3, 4), (5, 6)]]
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (tasks / "gen.yaml").write_text(TASKS.format(data=data))
-    (tasks / "choice.yaml").write_text(CHOICE.format(data=data))
-    out = d / "results"
-    code = lm_eval_adapter.main([
-        "--model", "llada_jax", "--model_args",
-        f"checkpoint={ckpt},gen_length=8,steps=4,block_length=4,mc_num=4,ll_batch_size=4",
-        "--tasks", "tiny_copy_gen,tiny_copy_choice", "--include_path", str(tasks), "--batch_size", "4",
-        "--output_path", str(out)])
-    assert code == 0
+    tasks = _local_tasks(d)
+    out = d / "cli_results"
+    res = _cli("lm-eval", "--model", "llada_jax", "--model_args",
+               f"checkpoint={ckpt},gen_length=8,steps=4,block_length=4,mc_num=4,ll_batch_size=4",
+               "--tasks", "tiny_copy_gen,tiny_copy_choice", "--include_path", str(tasks), "--batch_size", "4",
+               "--output_path", str(out), cwd=d)
+    assert res.returncode == 0, res.stderr[-3000:]
     files = list(out.rglob("results_*.json"))
     assert len(files) == 1
     results = json.loads(files[0].read_text())["results"]
-    assert 0.0 <= results["tiny_copy_gen"]["exact_match,none"] <= 1.0
-    assert 0.0 <= results["tiny_copy_choice"]["acc,none"] <= 1.0
+    assert set(results) == {"tiny_copy_gen", "tiny_copy_choice"}
+    help_ = _cli("lm-eval", "--help", cwd=d)
+    assert help_.returncode == 0, help_.stderr[-3000:]
+    for flag in ("--recipe", "--checkpoint", "--model_args", "--include_path", "--batch_size", "--tasks"):
+        assert flag in help_.stdout, flag
+    assert "unrecognized arguments" not in help_.stderr
+
+
+RECIPE = """
+model: tiny
+apply_chat_template: false
+defaults: {{mc_num: 4, ll_batch_size: 2, is_check_greedy: false}}
+tasks:
+  gen: {{task: tiny_copy_gen, num_fewshot: 1, gen_length: 8, gen_blocksize: 4, gen_steps: 4}}
+  choice: {{task: tiny_copy_choice, num_fewshot: 0, cfg: 0.5}}
+  unused: {{task: no_such_task}}
+"""
+
+
+def test_cli_recipe_runs_each_row_with_its_settings(setup):
+    import csv
+
+    d, _, ckpt, _ = setup
+    tasks = _local_tasks(d)
+    recipe = d / "recipe.yaml"
+    recipe.write_text(RECIPE.format())
+    out = d / "recipe_out"
+    res = _cli("lm-eval", "--recipe", str(recipe), "--checkpoint", str(ckpt), "--tasks", "gen,choice",
+               "--include_path", str(tasks), "--out", str(out), "--batch_size", "4", cwd=d)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(out / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [(r["row"], r["task"], r["metric"]) for r in summary] == [
+        ("gen", "tiny_copy_gen", "exact_match"), ("choice", "tiny_copy_choice", "acc")]
+    assert summary[0]["settings"] == "num_fewshot=1 gen_length=8 block_length=4 steps=4"
+    assert summary[1]["settings"] == "num_fewshot=0 cfg_scale=0.5"
+    assert all(float(r["seconds"]) > 0 for r in summary)
+    md = (out / "summary.md").read_text()
+    assert md.startswith("| task | metric | value | stderr | settings | seconds |") and "gen (tiny_copy_gen)" in md
+    for row, task, shots, args in (("gen", "tiny_copy_gen", 1, {"gen_length": 8, "block_length": 4, "steps": 4}),
+                                   ("choice", "tiny_copy_choice", 0, {"cfg_scale": 0.5, "mc_num": 4})):
+        saved = json.loads((out / f"{row}.json").read_text())
+        assert saved["n-shot"][task] == shots                        # the row's few-shot count reached lm-eval
+        assert {k: saved["llada_jax_recipe_row"]["model_args"][k] for k in args} == args
+        value = [r for r in summary if r["row"] == row][0]
+        assert float(value["value"]) == pytest.approx(saved["results"][task][f"{value['metric']},none"])
+    assert not (out / "unused.json").exists()
+    # A row name that is not in the recipe fails before the model loads, with a suggestion.
+    bad = _cli("lm-eval", "--recipe", str(recipe), "--checkpoint", str(d / "missing"), "--tasks", "gne", cwd=d)
+    assert bad.returncode == 2 and "no task row 'gne' (did you mean 'gen'?)" in bad.stderr

@@ -1,6 +1,7 @@
 """Schedule sweeps and the eval command: files written, resume, skipped cells, errors before compiling."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -132,7 +133,9 @@ def test_cli_eval_and_errors(setup, capsys):
                  "--gen-length", "8", "--steps", "4", "--block-length", "4", "--output", str(d / "eval.json"),
                  "--task-option", "min_len=3", "--task-option", "max_len=3"])
     out = capsys.readouterr().out
-    assert code == 0 and "copy: accuracy" in out and "4.0 model calls/answer" in out
+    assert code == 0 and "copy: accuracy" in out and "4 model calls/answer" in out
+    for summary in (json.loads(out.splitlines()[0]), json.loads((d / "eval.json").read_text())):
+        assert summary["model_calls"] == 4 and type(summary["model_calls"]) is int
     assert (d / "eval.json").is_file()
     # Bad grid key: rejected before the (missing) checkpoint is even opened.
     code = main(["sweep", "--checkpoint", str(d / "missing"), "--task", "copy", "--grid", "stepz=2",
@@ -165,3 +168,85 @@ def test_choice_task_by_likelihood(setup, tiny_cfg, tiny_params):
     scores = log_likelihood_batch(tiny_params, tiny_cfg, prompts, answers, mc_num=8, batch_size=4,
                                   keys=jax.random.split(jax.random.key(0), 4))
     assert res.outputs == (int(np.argmax(scores[:2])), int(np.argmax(scores[2:])))
+
+
+def test_cli_eval_reversal_runs_as_the_release(setup, tiny_cfg, tiny_params, capsys):
+    """poem-forward on the release's couplet format: chat-template prompts, 28/28/28, `answer in out`."""
+    import jax
+
+    from llada_jax.inference.sampling import generate
+
+    d, tok, ckpt = setup
+    f = d / "poem_data.json"
+    f.write_text(json.dumps([{"first": "1 2", "second": "3 4", "source": "a"},
+                             {"first": "5 6", "second": "7 8", "source": "b"}]), encoding="utf-8")
+    out_file = d / "poem.json"
+    code = main(["eval", "--checkpoint", str(ckpt), "--task", "poem-forward", "--task-file", str(f),
+                 "--num-examples", "all", "--output", str(out_file), "--mesh", "none"])
+    assert code == 0, capsys.readouterr().err
+    got = json.loads(out_file.read_text())
+    assert (got["sample"]["gen_length"], got["sample"]["steps"], got["sample"]["block_length"]) == (28, 28, 28)
+    assert got["model_calls"] == 28
+    # The same answers from the library: chat template of the release's prompt, 28 tokens in 28 steps.
+    task = load_task("poem-forward", path=f)
+    prompts = ev.encode_prompts(tok, [e.prompt for e in task.examples], pad_id=tiny_cfg.pad_token_id)
+    assert list(prompts.ids[0][prompts.mask[0]]) == tok.chat_prompt(
+        [{"role": "user", "content": "1 2的下一句是什么？ 直接输出句子即可。"}])
+    ids = generate(tiny_params, tiny_cfg, prompts.ids, prompts.mask, steps=28, gen_length=28, block_length=28,
+                   key=jax.random.fold_in(jax.random.key(0), 0))
+    want = [ev.decode_answer(tok, row, (tiny_cfg.eos_token_id, tiny_cfg.eot_token_id))
+            for row in np.asarray(ids)[:, prompts.ids.shape[1]:]]
+    assert got["outputs"] == want
+    assert got["correct"] == sum(ref in o for ref, o in zip(["3 4", "7 8"], want))
+    # Flags override the task's defaults.
+    code = main(["eval", "--checkpoint", str(ckpt), "--task", "poem-reverse", "--task-file", str(f),
+                 "--gen-length", "8", "--block-length", "8", "--steps", "4", "--mesh", "none"])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-2])
+    assert code == 0 and (summary["sample"]["gen_length"], summary["sample"]["steps"]) == (8, 4)
+    assert summary["model_calls"] == 4
+
+
+def test_cli_sweep_preset_counts_and_checkpoint_key(setup, capsys):
+    import shutil
+
+    d, _, ckpt = setup
+    recipe = d / "recipe.yaml"
+    recipe.write_text("tasks:\n  tiny: {gen_length: 8, gen_blocksize: 4, gen_steps: 8}\n")
+    out = d / "preset_sweep"
+    common = ["--task", "copy", "--num-examples", "4", "--batch-size", "4", "--mesh", "none", "--no-progress",
+              "--out", str(out)]
+    code = main(["sweep", "--checkpoint", str(ckpt), "--preset", f"{recipe}:tiny", "--grid", "steps=2,4", *common])
+    text = capsys.readouterr().out
+    assert code == 0 and "2 cells: 2 run now, 0 shared a run, 0 skipped, 0 already in results.csv" in text
+    rows = _read_csv(out / CSV_NAME)
+    assert [(r["gen_length"], r["block_length"], r["steps"]) for r in rows] == [("8", "4", "2"), ("8", "4", "4")]
+    assert rows[0]["model_calls"] == "2" and rows[1]["model_calls"] == "4"   # integers, not 2.0
+    # A re-run says nothing ran; the same grid on another checkpoint is new work (the key names it).
+    code = main(["sweep", "--checkpoint", str(ckpt), "--preset", f"{recipe}:tiny", "--grid", "steps=2,4", *common])
+    assert code == 0 and "2 cells: 0 run now, 0 shared a run, 0 skipped, 2 already in results.csv" in \
+        capsys.readouterr().out
+    other = shutil.copytree(ckpt, d / "ckpt_copy")
+    code = main(["sweep", "--checkpoint", str(other), "--preset", f"{recipe}:tiny", "--grid", "steps=2,4", *common])
+    assert code == 0 and "2 run now" in capsys.readouterr().out
+    rows = _read_csv(out / CSV_NAME)
+    assert len(rows) == 4 and {r["checkpoint"] for r in rows} == {str(ckpt.resolve()), str(other.resolve())}
+    # Flags override the preset; an unknown row is named with a suggestion.
+    code = main(["sweep", "--checkpoint", str(ckpt), "--preset", f"{recipe}:tiny", "--block-length", "8",
+                 "--grid", "steps=2", *common])
+    assert code == 0 and _read_csv(out / CSV_NAME)[-1]["block_length"] == "8"
+    capsys.readouterr()
+    code = main(["sweep", "--checkpoint", str(ckpt), "--preset", f"{recipe}:tiy", "--grid", "steps=2", *common])
+    assert code == 2 and "no task row 'tiy' (did you mean 'tiny'?)" in capsys.readouterr().err
+
+
+def test_cli_sweep_gen_length_checked_after_the_grid(setup, capsys):
+    d, _, ckpt = setup
+    # The checkpoint's block_length (32) does not divide 8; the grid's block lengths do.
+    code = main(["sweep", "--checkpoint", str(ckpt), "--task", "copy", "--num-examples", "4", "--batch-size", "4",
+                 "--gen-length", "8", "--steps", "4", "--grid", "block_length=4,8", "--mesh", "none",
+                 "--no-progress", "--out", str(d / "after_grid")])
+    assert code == 0, capsys.readouterr().err
+    rows = _read_csv(d / "after_grid" / CSV_NAME)
+    assert [(r["block_length"], r["status"]) for r in rows] == [("4", "ok"), ("8", "ok")]
+    code = main(["eval", "--checkpoint", str(ckpt), "--task", "copy", "--gen-length", "8"])
+    assert code == 2 and "not divisible by block_length=32" in capsys.readouterr().err

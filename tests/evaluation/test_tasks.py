@@ -144,3 +144,37 @@ def test_task_errors(tmp_path):
         load_task("copy", scorer="fuzzy")
     with pytest.raises(ValueError, match="num_examples"):
         load_task("copy", num_examples=0)
+
+
+def test_release_couplet_file_prompts_scoring_and_defaults(tmp_path):
+    # The release's data/poem_data.json format: a JSON list of {"first", "second", "source"}.
+    f = tmp_path / "poem_data.json"
+    f.write_text(json.dumps([{"first": "窈窕淑女", "second": "君子好逑", "source": "诗经•周南•关雎"},
+                             {"first": "今我来思", "second": "雨雪霏霏", "source": "诗经•小雅•采薇"}],
+                            ensure_ascii=False), encoding="utf-8")
+    fwd = load_task("poem-forward", path=f)
+    rev = load_task("poem-reverse", path=f)
+    # eval_reverse.py: first + "的下一句是什么？" / second + "的上一句是什么？", then " 直接输出句子即可。"
+    assert [(e.prompt, e.references) for e in fwd.examples] == [
+        ("窈窕淑女的下一句是什么？ 直接输出句子即可。", ("君子好逑",)),
+        ("今我来思的下一句是什么？ 直接输出句子即可。", ("雨雪霏霏",))]
+    assert [(e.prompt, e.references) for e in rev.examples] == [
+        ("君子好逑的上一句是什么？ 直接输出句子即可。", ("窈窕淑女",)),
+        ("雨雪霏霏的上一句是什么？ 直接输出句子即可。", ("今我来思",))]
+    # Right when the reference line is contained in the output (`answer in out`).
+    assert fwd.scorer == rev.scorer == "contains"
+    assert fwd.correct(["君子好逑。", "雨雪霏"]) == 1
+    assert fwd.correct(["下一句是：君子好逑", "“雨雪霏霏”"]) == 2
+    assert rev.correct(["君子好逑", "今我来思"]) == 1
+    # The release's sampler defaults: gen_length 28, block_length 28, steps = gen_length.
+    assert fwd.sample_defaults == rev.sample_defaults == {"gen_length": 28, "steps": 28, "block_length": 28}
+    assert load_task("reverse").sample_defaults == {}
+    # A file of poems (lists of lines) keeps its own prompts, exact match and no defaults.
+    g = tmp_path / "poems.json"
+    g.write_text(json.dumps([["one", "two"]]))
+    plain = load_task("poem-forward", path=g)
+    assert plain.scorer == "exact" and plain.sample_defaults == {}
+    f.write_text(json.dumps([{"first": "窈窕淑女", "second": "君子好逑"}, {"first": "今我来思"}], ensure_ascii=False),
+                 encoding="utf-8")
+    with pytest.raises(ValueError, match="couplet 1 must be an object with non-empty 'first' and 'second'"):
+        load_task("poem-reverse", path=f)

@@ -1,6 +1,6 @@
 """The sampler against an independent step-by-step reference of the release's `generate`.
 
-`reference_generate` below is a plain NumPy/Python loop written from SPEC section 3 and the
+`reference_generate` below is a plain NumPy/Python loop written from docs/semantics.md (Sampling) and the
 release's code, calling the model only through the public full-sequence `forward`: it builds
 the per-row transfer schedule, the classifier-free-guidance copy, the EOS/EoT options (with
 the release's aliasing of `logits_with_noise` and `logits` at temperature 0), the confidence

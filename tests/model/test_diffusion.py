@@ -1,4 +1,4 @@
-"""Forward process and losses (SPEC section 2) against worked examples and statistics."""
+"""Forward process and losses (docs/semantics.md, Training objectives) against worked examples and statistics."""
 
 import jax
 import jax.numpy as jnp

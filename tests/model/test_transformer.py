@@ -1,4 +1,4 @@
-"""The mask predictor against an independent NumPy implementation of SPEC section 1."""
+"""The mask predictor against an independent NumPy implementation of docs/semantics.md (The model)."""
 
 import jax
 import jax.numpy as jnp
