@@ -40,11 +40,11 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self.requested = self._previous is _handle_early and _early.is_set()
+            _early.clear()  # taken over: a later run in this process starts unflagged
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
-        _early.set()
 
     def uninstall(self):
         if self._previous is not None:
