@@ -24,7 +24,6 @@ returns [B, T, N, H] in q's dtype. LLaDA's mask is full: every query sees every 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -88,7 +87,6 @@ def xla_attention(q, k, v, key_mask):
     return out.astype(q.dtype).reshape(b, t, n, h)
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(n_heads: int, q_len: int, kv_len: int, head_shards: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -98,6 +96,7 @@ def _splash_kernel(n_heads: int, q_len: int, kv_len: int, head_shards: int, inte
     bkv = next(s for s in (512, 256, 128) if kv_len % s == 0)
     sizes = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                           block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+    # Built per trace, not cached: its mask-info arrays become constants of the trace that made them.
     return sk.make_splash_mha(mask=mask, block_sizes=sizes, head_shards=head_shards, q_seq_shards=1,
                               interpret=interpret)
 
