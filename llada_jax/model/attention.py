@@ -82,7 +82,8 @@ def xla_attention(q, k, v, key_mask):
     row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
     probs = jnp.exp(scores - row_max)                                           # compute dtype, <= 1
     row_sum = jnp.sum(probs.astype(jnp.float32), axis=-1)                       # [b, k, g, t] float32
-    out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    # Unnormalised output in the compute dtype (its backward, d probs, then is too), normalised in float32.
+    out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v).astype(jnp.float32)
     out = out / jnp.transpose(row_sum, (0, 3, 1, 2))[..., None]
     return out.astype(q.dtype).reshape(b, t, n, h)
 

@@ -105,7 +105,7 @@ def _schedule_count(opt_state) -> jax.Array:
     return counts[-1][1]
 
 
-def _loss(params, noisy, tokens, masked, p_mask, valid, prompt_lengths, *, model: ModelConfig, objective: str):
+def train_loss(params, noisy, tokens, masked, p_mask, valid, prompt_lengths, *, model: ModelConfig, objective: str):
     """The objective's loss; the output head runs in sequence chunks (no [B, L, V] float32 logits)."""
     hidden, head = forward_hidden(params, model, noisy, valid)
     ce = head_cross_entropy(hidden, head, tokens, model.loss_chunk_size)
@@ -137,7 +137,7 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
             prompt_lengths = batch["prompt_lengths"].astype(jnp.int32)
             noisy, masked, p_mask = sft_forward_process(noise_key, tokens, prompt_lengths, model.mask_token_id,
                                                         train.noise_eps)
-        grad_fn = jax.value_and_grad(functools.partial(_loss, model=model, objective=train.objective))
+        grad_fn = jax.value_and_grad(functools.partial(train_loss, model=model, objective=train.objective))
         parts = (noisy, tokens, masked, p_mask, valid, prompt_lengths)
         accum = train.grad_accum
         if accum == 1:
