@@ -113,7 +113,8 @@ def test_head_cross_entropy_equals_full_logits_with_gradients():
     chunked = lambda h, w: jnp.sum(head_cross_entropy(h, w, targets, 4) * weights)  # noqa: E731
     full = lambda h, w: jnp.sum(token_cross_entropy(head_logits(h, w), targets) * weights)  # noqa: E731
     np.testing.assert_allclose(np.asarray(head_cross_entropy(hidden, head, targets, 4)),
-                               np.asarray(token_cross_entropy(head_logits(hidden, head), targets)), rtol=1e-6, atol=1e-6)
+                               np.asarray(token_cross_entropy(head_logits(hidden, head), targets)),
+                               rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.grad(chunked, (0, 1))(hidden, head), jax.grad(full, (0, 1))(hidden, head)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
