@@ -31,7 +31,7 @@ class Section(ConfigBase):
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "splash", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,8 @@ class ModelConfig(Section):
     dtype: str = "bfloat16"          # compute dtype
     param_dtype: str = "float32"     # storage dtype of the parameters
     remat_policy: str = "none"       # one of REMAT_POLICIES
-    attention_impl: str = "xla"      # one of ATTENTION_IMPLS
+    attention_impl: str = "xla"      # one of ATTENTION_IMPLS (model/attention.py)
+    loss_chunk_size: int = 512       # sequence positions per output-head chunk in the loss / likelihood
     init_std: float = 0.02
 
     @property
@@ -66,7 +67,7 @@ class ModelConfig(Section):
     def validate(self, where: str | None = None) -> None:
         w = where or "ModelConfig"
         self.check_positive(w, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size",
-                            "max_seq_len")
+                            "max_seq_len", "loss_chunk_size")
         if self.d_model % self.n_heads:
             raise ConfigError(f"{w}.d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2:

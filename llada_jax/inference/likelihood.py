@@ -7,6 +7,10 @@ answer tokens chosen uniformly at random (the prompt is never masked), and contr
 `sum over masked tokens of CE / (m_j / La) / b`. The estimate is minus the mean over
 minibatches: a lower bound on log p(answer | prompt) (its negative bounds the NLL from above).
 
+The prompt is never masked, so its logits are never used: the model runs without its output
+head, and the head is applied only at the answer positions, a sequence chunk at a time
+(`ModelConfig.loss_chunk_size`), so no [rows, T, V] float32 logits exist.
+
 `round` is round-half-to-even, as the release's `torch.round`; it is evaluated exactly on the
 rational `k + j*La/b` (the release evaluates it in float32 `linspace`, which is exact for the
 power-of-two `b` it uses).
@@ -28,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import ModelConfig
-from llada_jax.model.diffusion import token_cross_entropy
-from llada_jax.model.transformer import forward
+from llada_jax.model.diffusion import map_sequence_chunks, token_cross_entropy
+from llada_jax.model.transformer import forward_hidden, head_logits
 
 
 def mask_counts(k: jax.Array, answer_length: jax.Array, batch_size: int) -> jax.Array:
@@ -66,21 +70,35 @@ def minibatch_mask(key: jax.Array, answer_length, batch_size: int, max_answer_le
     return rank < m[:, None], m
 
 
-def cfg_logits(params, cfg: ModelConfig, tokens, attention_mask, prompt_positions, cfg_scale, use_cfg: bool):
-    """Logits, with classifier-free guidance when `use_cfg`: an unconditional copy with every
-    prompt position set to the mask id runs in the same batch; `un + (s + 1) * (cond - un)`."""
+def answer_cross_entropy(params, cfg: ModelConfig, tokens, attention_mask, prompt_positions, answer_index,
+                         targets, cfg_scale, use_cfg: bool):
+    """CE [R, A] of `targets` at the positions `answer_index` [R, A] of rows `tokens` [R, T].
+
+    The head runs only at those positions. With `use_cfg`, classifier-free guidance: an
+    unconditional copy with every prompt position set to the mask id runs in the same batch, and
+    the logits are `un + (s + 1) * (cond - un)`.
+    """
+    pick = lambda h: jnp.take_along_axis(h, answer_index[..., None], axis=1)  # noqa: E731
     if not use_cfg:
-        return forward(params, cfg, tokens, attention_mask)
+        hidden, head = forward_hidden(params, cfg, tokens, attention_mask)
+        return map_sequence_chunks(lambda h, t: token_cross_entropy(head_logits(h, head), t), cfg.loss_chunk_size,
+                                   pick(hidden), targets)
     uncond = jnp.where(prompt_positions, jnp.asarray(cfg.mask_token_id, tokens.dtype), tokens)
-    both = forward(params, cfg, jnp.concatenate([tokens, uncond]), jnp.concatenate([attention_mask] * 2))
-    cond, un = jnp.split(both, 2)
-    return un + (cfg_scale + 1.0) * (cond - un)
+    hidden, head = forward_hidden(params, cfg, jnp.concatenate([tokens, uncond]),
+                                  jnp.concatenate([attention_mask] * 2))
+    cond, un = jnp.split(hidden, 2)
+
+    def guided_ce(c, u, t):
+        lc, lu = head_logits(c, head), head_logits(u, head)
+        return token_cross_entropy(lu + (cfg_scale + 1.0) * (lc - lu), t)
+
+    return map_sequence_chunks(guided_ce, cfg.loss_chunk_size, pick(cond), pick(un), targets)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_batches", "batch_size", "use_cfg"))
+@functools.partial(jax.jit, static_argnames=("cfg", "num_batches", "batch_size", "use_cfg", "window"))
 def _log_likelihood_jit(params, cfg: ModelConfig, tokens, prompt_lengths, answer_lengths, keys, cfg_scale,
-                        *, num_batches: int, batch_size: int, use_cfg: bool):
-    """tokens int32 [N, T] = [prompt | answer | pad]; returns float32 [N] estimates."""
+                        *, num_batches: int, batch_size: int, use_cfg: bool, window: int):
+    """tokens int32 [N, T] = [prompt | answer | pad]; answers fit in `window` positions; float32 [N]."""
     n, t = tokens.shape
     b = batch_size
     pos = jnp.arange(t, dtype=jnp.int32)
@@ -88,28 +106,32 @@ def _log_likelihood_jit(params, cfg: ModelConfig, tokens, prompt_lengths, answer
     in_answer = (rel >= 0) & (rel < answer_lengths[:, None])
     in_prompt = pos[None, :] < prompt_lengths[:, None]
     real = in_prompt | in_answer
-    # Per pair and minibatch: answer-relative masks [N, nb, b, T] and counts [N, nb, b].
+    # Per pair and minibatch: answer-relative masks [N, nb, b, window] and counts [N, nb, b].
     per_batch_keys = jax.vmap(lambda k: minibatch_keys(k, num_batches))(keys)
-    draw = jax.vmap(jax.vmap(lambda k, la: minibatch_mask(k, la, b, t), in_axes=(0, None)), in_axes=(0, 0))
+    draw = jax.vmap(jax.vmap(lambda k, la: minibatch_mask(k, la, b, window), in_axes=(0, None)), in_axes=(0, 0))
     rel_masks, counts = draw(per_batch_keys, answer_lengths)
-    idx = jnp.clip(rel, 0, t - 1)[:, None, None, :]
-    masks = jnp.take_along_axis(rel_masks, jnp.broadcast_to(idx, rel_masks.shape), axis=-1)
+    idx = jnp.clip(rel, 0, window - 1)[:, None, None, :]
+    masks = jnp.take_along_axis(rel_masks, jnp.broadcast_to(idx, rel_masks.shape[:3] + (t,)), axis=-1)
     masks = masks & in_answer[:, None, None, :]
+    # The answer's positions in the row, [N, window] (clipped past the row's end; never masked there).
+    answer_index = jnp.minimum(prompt_lengths[:, None] + jnp.arange(window, dtype=jnp.int32), t - 1)
 
-    rows = lambda x: jnp.broadcast_to(x[:, None, :], (n, b, t)).reshape(n * b, t)  # noqa: E731
+    rows = lambda x: jnp.broadcast_to(x[:, None], (n, b) + x.shape[1:]).reshape(n * b, *x.shape[1:])  # noqa: E731
     row_tokens, row_real, row_prompt = rows(tokens), rows(real), rows(in_prompt)
+    row_index = rows(answer_index)
+    row_targets = jnp.take_along_axis(row_tokens, row_index, axis=1)
 
     def one_minibatch(_, inputs):
-        mask, m = inputs                                                          # [N, b, T], [N, b]
-        mask = mask.reshape(n * b, t)
-        noisy = jnp.where(mask, jnp.asarray(cfg.mask_token_id, tokens.dtype), row_tokens)
-        logits = cfg_logits(params, cfg, noisy, row_real, row_prompt, cfg_scale, use_cfg)
-        ce = token_cross_entropy(logits, row_tokens).reshape(n, b, t)
+        mask, rel_mask, m = inputs                                   # [N, b, T], [N, b, window], [N, b]
+        noisy = jnp.where(mask.reshape(n * b, t), jnp.asarray(cfg.mask_token_id, tokens.dtype), row_tokens)
+        ce = answer_cross_entropy(params, cfg, noisy, row_real, row_prompt, row_index, row_targets, cfg_scale,
+                                  use_cfg).reshape(n, b, window)
         p_mask = m.astype(jnp.float32) / answer_lengths[:, None].astype(jnp.float32)
-        loss = jnp.sum(jnp.where(mask.reshape(n, b, t), ce / p_mask[..., None], 0.0), axis=(1, 2)) / b
+        loss = jnp.sum(jnp.where(rel_mask, ce / p_mask[..., None], 0.0), axis=(1, 2)) / b
         return None, loss
 
-    _, losses = jax.lax.scan(one_minibatch, None, (jnp.moveaxis(masks, 1, 0), jnp.moveaxis(counts, 1, 0)))
+    scanned = tuple(jnp.moveaxis(x, 1, 0) for x in (masks, rel_masks, counts))
+    _, losses = jax.lax.scan(one_minibatch, None, scanned)
     return -jnp.mean(losses, axis=0)
 
 
@@ -172,15 +194,16 @@ def log_likelihood(params, cfg: ModelConfig, prompt, answer, *, mc_num: int = 12
     """
     num_batches = _check_options(mc_num, batch_size, cfg_scale)
     p, a = _check_pair(cfg, prompt, answer, "")
-    return float(_estimate(params, cfg, [(p, a)], key[None], p.size + a.size, num_batches, batch_size, cfg_scale)[0])
+    return float(_estimate(params, cfg, [(p, a)], key[None], p.size + a.size, a.size, num_batches, batch_size,
+                           cfg_scale)[0])
 
 
-def _estimate(params, cfg: ModelConfig, pairs, keys, length: int, num_batches: int, batch_size: int,
+def _estimate(params, cfg: ModelConfig, pairs, keys, length: int, window: int, num_batches: int, batch_size: int,
               cfg_scale: float) -> np.ndarray:
     tokens, plen, alen = _pack(pairs, length, cfg.pad_token_id)
     out = _log_likelihood_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(plen), jnp.asarray(alen), keys,
                               jnp.float32(cfg_scale), num_batches=num_batches, batch_size=batch_size,
-                              use_cfg=cfg_scale > 0)
+                              use_cfg=cfg_scale > 0, window=window)
     return np.asarray(out, dtype=np.float64)
 
 
@@ -212,6 +235,7 @@ def log_likelihood_batch(params, cfg: ModelConfig, prompts: Sequence, answers: S
         raise ValueError(f"pairs_per_call: must be positive, got {pairs_per_call}")
     longest = max(p.size + a.size for p, a in pairs)
     length = min(-(-longest // pad_multiple) * pad_multiple, cfg.max_seq_len)
+    window = min(-(-max(a.size for _, a in pairs) // pad_multiple) * pad_multiple, length)
     per_call = pairs_per_call or len(pairs)
     out = []
     for start in range(0, len(pairs), per_call):
@@ -220,6 +244,6 @@ def log_likelihood_batch(params, cfg: ModelConfig, prompts: Sequence, answers: S
         if fill:
             chunk = chunk + [chunk[-1]] * fill
             chunk_keys = jnp.concatenate([chunk_keys, jnp.repeat(chunk_keys[-1:], fill, axis=0)])
-        est = _estimate(params, cfg, chunk, chunk_keys, length, num_batches, batch_size, cfg_scale)
+        est = _estimate(params, cfg, chunk, chunk_keys, length, window, num_batches, batch_size, cfg_scale)
         out.append(est[:per_call - fill])
     return np.concatenate(out)

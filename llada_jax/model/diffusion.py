@@ -1,6 +1,10 @@
 """The forward (noising) process and the pretraining / SFT losses of docs/semantics.md (Training objectives).
 
-All functions are pure and jittable. The release's "1% of batches are cut to a random length"
+All functions are pure and jittable. The losses take either full logits (`pretrain_loss`,
+`sft_loss`: the reference formulas) or per-position cross entropies (`*_from_ce`), which the
+train step gets from `head_cross_entropy`: the output head applied to the final hidden states
+one sequence chunk at a time, so the [B, L, V] float32 logits never exist, forward or backward.
+ The release's "1% of batches are cut to a random length"
 cannot change a static shape under jit, so `random_length_mask` returns which positions are
 kept; dropped positions are neither attended to, masked, nor counted, which is what cutting
 the batch does (RoPE positions of the kept prefix are unchanged).
@@ -8,8 +12,13 @@ the batch does (RoPE positions of the kept prefix are unchanged).
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from llada_jax.model.transformer import head_logits
 
 
 def forward_process(key: jax.Array, tokens: jax.Array, mask_id: int, eps: float = 1e-3,
@@ -67,6 +76,90 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return lse - picked
 
 
+def _to_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[B, L, ...] -> [n, B, chunk, ...], L zero-padded up to n * chunk."""
+    n = -(-x.shape[1] // chunk)
+    pad = n * chunk - x.shape[1]
+    if pad:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
+
+
+def _from_chunks(y: jax.Array, length: int) -> jax.Array:
+    """[n, B, chunk, ...] -> [B, length, ...] (the padding dropped)."""
+    y = jnp.moveaxis(y, 0, 1)
+    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
+
+
+def map_sequence_chunks(fn, chunk_size: int, *arrays: jax.Array) -> jax.Array:
+    """`fn(*chunks)` over consecutive chunks of axis 1 of `arrays` (each [B, L, ...]), results
+    [B, L, ...]. A `lax.map` over rematerialised chunks: one chunk's intermediates (e.g. its
+    logits) exist at a time. L need not be a multiple of `chunk_size`."""
+    length = arrays[0].shape[1]
+    chunk = min(chunk_size, length)
+    out = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), tuple(_to_chunks(x, chunk) for x in arrays))
+    return _from_chunks(out, length)
+
+
+def _ce_and_lse(hidden, head, targets):
+    logits = head_logits(hidden, head)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return lse - picked, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def head_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk_size: int) -> jax.Array:
+    """`token_cross_entropy(head_logits(hidden, head), targets)`, [B, L] float32, computed
+    `chunk_size` positions at a time.
+
+    Forward and backward hold one chunk's [B, chunk, V] float32 logits at a time; the head's
+    gradient is accumulated over chunks in float32 and rounded to the head's dtype once. Under a
+    mesh the head is gathered whole over its `embed` shards once per pass, not once per chunk;
+    each chunk's head gradient is reduce-scattered onto the head's shards (fewer, larger chunks:
+    less of that traffic, more memory per chunk).
+    """
+    return _head_ce_fwd(hidden, head, targets, chunk_size)[0]
+
+
+_HEAD_AXES = ("embed", "vocab")
+_HEAD_GATHERED = (None, "vocab")  # whole over the model dimension: one all-gather outside the chunk loop
+
+
+def _head_ce_fwd(hidden, head, targets, chunk_size):
+    length = hidden.shape[1]
+    chunk = min(chunk_size, length)
+    whole = nn.with_logical_constraint(head, _HEAD_GATHERED)
+    ce, lse = jax.lax.map(lambda xs: _ce_and_lse(xs[0], whole, xs[1]),
+                          (_to_chunks(hidden, chunk), _to_chunks(targets, chunk)))
+    return _from_chunks(ce, length), (hidden, head, targets, _from_chunks(lse, length))
+
+
+def _head_ce_bwd(chunk_size, residuals, grad):
+    hidden, head, targets, lse = residuals
+    length = hidden.shape[1]
+    chunk = min(chunk_size, length)
+    whole = nn.with_logical_constraint(head, _HEAD_GATHERED)
+
+    def body(dhead, xs):
+        h, t, l, g = xs
+        logits = head_logits(h, whole)
+        probs = jnp.exp(logits - l[..., None])
+        dlogits = g[..., None] * (probs - jax.nn.one_hot(t, head.shape[1], dtype=jnp.float32))
+        dlogits = dlogits.astype(h.dtype)
+        dh = jnp.einsum("btv,dv->btd", dlogits, whole, preferred_element_type=jnp.float32).astype(h.dtype)
+        dhead = dhead + jnp.einsum("btd,btv->dv", h, dlogits, preferred_element_type=jnp.float32)
+        return nn.with_logical_constraint(dhead, _HEAD_AXES), dh
+
+    dhead0 = nn.with_logical_constraint(jnp.zeros(head.shape, jnp.float32), _HEAD_AXES)
+    chunks = tuple(_to_chunks(x, chunk) for x in (hidden, targets, lse, grad.astype(jnp.float32)))
+    dhead, dhidden = jax.lax.scan(body, dhead0, chunks)
+    return _from_chunks(dhidden, length), dhead.astype(head.dtype), None
+
+
+head_cross_entropy.defvjp(_head_ce_fwd, _head_ce_bwd)
+
+
 def pretrain_loss(logits: jax.Array, tokens: jax.Array, masked: jax.Array, p_mask: jax.Array,
                   valid: jax.Array | None = None) -> jax.Array:
     """sum over masked positions of CE / p_mask, divided by B * L (every position, masked or not).
@@ -74,7 +167,12 @@ def pretrain_loss(logits: jax.Array, tokens: jax.Array, masked: jax.Array, p_mas
     With a `valid` mask (random-length batches), L is the kept length: the division is by the
     number of valid positions.
     """
-    ce = token_cross_entropy(logits, tokens)
+    return pretrain_loss_from_ce(token_cross_entropy(logits, tokens), masked, p_mask, valid)
+
+
+def pretrain_loss_from_ce(ce: jax.Array, masked: jax.Array, p_mask: jax.Array,
+                          valid: jax.Array | None = None) -> jax.Array:
+    """`pretrain_loss` from per-position cross entropies `ce` [B, L]."""
     weighted = jnp.where(masked, ce / p_mask, 0.0)
     denom = weighted.size if valid is None else jnp.maximum(jnp.sum(valid), 1)
     return jnp.sum(weighted) / denom
@@ -86,9 +184,13 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, masked: jax.Array, p_mask: ja
 
     `answer_length = L - prompt_length` counts the EOS padding, which is trained on.
     """
-    b, length = tokens.shape
+    return sft_loss_from_ce(token_cross_entropy(logits, tokens), masked, p_mask, prompt_lengths)
+
+
+def sft_loss_from_ce(ce: jax.Array, masked: jax.Array, p_mask: jax.Array, prompt_lengths: jax.Array) -> jax.Array:
+    """`sft_loss` from per-position cross entropies `ce` [B, L]."""
+    b, length = ce.shape
     in_prompt = prompt_positions(prompt_lengths, length)
     answer_length = jnp.maximum(length - jnp.asarray(prompt_lengths), 1).astype(jnp.float32)
-    ce = token_cross_entropy(logits, tokens)
     per_token = jnp.where(masked & ~in_prompt, ce / p_mask / answer_length[:, None], 0.0)
     return jnp.sum(per_token) / b

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import ModelConfig
+from llada_jax.model.attention import attention
 
 Params = Any
 
@@ -123,9 +124,7 @@ class Block(nn.Module):
             full_k, full_v = kk, vv
             att_k, att_v = kk, vv
 
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-        o = jax.nn.dot_product_attention(q, att_k, att_v, mask=mask, implementation=impl)
+        o = attention(q, att_k, att_v, key_mask, cfg.attention_impl)
         o = _constrain(o, ("act_batch", "act_length", "act_heads", None))
         x = x + jnp.einsum("btnh,nhd->btd", o, wo.astype(dt))
 
@@ -140,10 +139,16 @@ class Block(nn.Module):
 
 
 class MaskPredictor(nn.Module):
-    """Embedding, `n_layers` scanned blocks, final norm and output head."""
+    """Embedding, `n_layers` scanned blocks, final norm and output head.
+
+    Returns `(logits, kv)`; with `return_hidden` the first item is `(hidden, head)` instead: the
+    normed final states [B, T, D] and the head matrix [D, V], both in the compute dtype, so a
+    loss can apply the head chunk by chunk (`head_logits`) and never hold [B, T, V] float32.
+    """
 
     cfg: ModelConfig
     collect_kv: bool = False
+    return_hidden: bool = False
 
     @nn.compact
     def __call__(self, tokens, key_mask=None, positions=None, cache=None, cache_start=0,
@@ -155,7 +160,8 @@ class MaskPredictor(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
             positions = positions + jnp.asarray(cache_start, jnp.int32)
         sin, cos = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        x = jnp.take(wte, tokens, axis=0).astype(dt)
+        # Cast, then gather: the embedding's gradient (a scatter-add) is in the compute dtype.
+        x = jnp.take(wte.astype(dt), tokens, axis=0)
 
         block = Block
         if cfg.remat_policy != "none":
@@ -181,9 +187,16 @@ class MaskPredictor(nn.Module):
             head = wte.T
         else:
             head = _param(self, "ff_out", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, cfg)
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
-        logits = _constrain(logits, ("act_batch", "act_length", "act_vocab"))
-        return logits, (None if kv is None else KVCache(*kv))
+        kv = None if kv is None else KVCache(*kv)
+        if self.return_hidden:
+            return (x, head.astype(dt)), kv
+        return head_logits(x, head.astype(dt)), kv
+
+
+def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of normed hidden states [B, T, D] through the head [D, V]."""
+    logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    return _constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
 
 def check_tokens(cfg: ModelConfig, tokens, attention_mask=None, where: str = "tokens") -> None:
@@ -256,6 +269,17 @@ def forward(params: Params, cfg: ModelConfig, tokens, attention_mask=None) -> ja
     if attention_mask is not None:
         attention_mask = jnp.asarray(attention_mask).astype(bool)
     return _forward_jit(params, cfg, tokens, attention_mask)
+
+
+def forward_hidden(params: Params, cfg: ModelConfig, tokens, attention_mask=None) -> tuple[jax.Array, jax.Array]:
+    """`(hidden [B, T, D], head [D, V])` in the compute dtype: `forward` without the output head.
+
+    For losses and likelihoods that apply the head in chunks (`head_logits`); meant to be
+    called inside jitted code; `tokens` must be int32.
+    """
+    (hidden, head), _ = MaskPredictor(cfg, return_hidden=True).apply(
+        {"params": params}, tokens, _key_mask(attention_mask))
+    return hidden, head
 
 
 def forward_fill_cache(params: Params, cfg: ModelConfig, tokens, attention_mask=None, *,

@@ -21,9 +21,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llada_jax.config import Config, ModelConfig, TrainConfig
-from llada_jax.model.diffusion import (forward_process, pretrain_loss, random_length_mask, sft_forward_process,
-                                 sft_loss)
-from llada_jax.model.transformer import MaskPredictor, init_params, param_shapes
+from llada_jax.model.diffusion import (forward_process, head_cross_entropy, pretrain_loss_from_ce, random_length_mask,
+                                       sft_forward_process, sft_loss_from_ce)
+from llada_jax.model.transformer import forward_hidden, init_params, param_shapes
 from llada_jax.training.optim import make_optimizer, wsd_schedule
 from llada_jax.model.sharding import (BATCH_AXES, LOGICAL_RULES, batch_divisor, batch_sharding, param_shardings,
                                 tree_shardings_like, with_shardings)
@@ -105,11 +105,13 @@ def _schedule_count(opt_state) -> jax.Array:
     return counts[-1][1]
 
 
-def _loss(params, noisy, tokens, masked, p_mask, valid, prompt_lengths, *, model: ModelConfig, objective: str):
-    logits, _ = MaskPredictor(model).apply({"params": params}, noisy, valid)
+def train_loss(params, noisy, tokens, masked, p_mask, valid, prompt_lengths, *, model: ModelConfig, objective: str):
+    """The objective's loss; the output head runs in sequence chunks (no [B, L, V] float32 logits)."""
+    hidden, head = forward_hidden(params, model, noisy, valid)
+    ce = head_cross_entropy(hidden, head, tokens, model.loss_chunk_size)
     if objective == "pretrain":
-        return pretrain_loss(logits, tokens, masked, p_mask, valid)
-    return sft_loss(logits, tokens, masked, p_mask, prompt_lengths)
+        return pretrain_loss_from_ce(ce, masked, p_mask, valid)
+    return sft_loss_from_ce(ce, masked, p_mask, prompt_lengths)
 
 
 def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: TrainConfig,
@@ -135,7 +137,7 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
             prompt_lengths = batch["prompt_lengths"].astype(jnp.int32)
             noisy, masked, p_mask = sft_forward_process(noise_key, tokens, prompt_lengths, model.mask_token_id,
                                                         train.noise_eps)
-        grad_fn = jax.value_and_grad(functools.partial(_loss, model=model, objective=train.objective))
+        grad_fn = jax.value_and_grad(functools.partial(train_loss, model=model, objective=train.objective))
         parts = (noisy, tokens, masked, p_mask, valid, prompt_lengths)
         accum = train.grad_accum
         if accum == 1:

@@ -3,9 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from llada_jax.model.diffusion import (forward_process, pretrain_loss, random_length_mask, sft_forward_process, sft_loss,
-                                 token_cross_entropy)
+from llada_jax.model.diffusion import (forward_process, head_cross_entropy, map_sequence_chunks, pretrain_loss,
+                                       pretrain_loss_from_ce, random_length_mask, sft_forward_process, sft_loss,
+                                       sft_loss_from_ce, token_cross_entropy)
+from llada_jax.model.transformer import head_logits
 
 MASK = 9
 
@@ -94,3 +97,56 @@ def test_random_length_mask():
     keys = jax.random.split(jax.random.key(4), 4000)
     cut = jax.vmap(lambda k: ~random_length_mask(k, 1, 64).all())(keys)
     assert 20 <= int(cut.sum()) <= 65  # Binomial(4000, 0.01 * 63/64): mean ~39, sd ~6
+
+
+def _hidden_head_targets(dtype, b=2, length=11, d=16, v=50, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    hidden = jax.random.normal(ks[0], (b, length, d)).astype(dtype)
+    head = (jax.random.normal(ks[1], (d, v)) / np.sqrt(d)).astype(dtype)
+    return hidden, head, jax.random.randint(ks[2], (b, length), 0, v)
+
+
+def test_head_cross_entropy_equals_full_logits_with_gradients():
+    """Chunks of 4 over 11 positions (a ragged last chunk): value and gradients as the full logits give."""
+    hidden, head, targets = _hidden_head_targets(jnp.float32)
+    weights = jnp.cos(jnp.arange(11.0))[None, :]
+    chunked = lambda h, w: jnp.sum(head_cross_entropy(h, w, targets, 4) * weights)  # noqa: E731
+    full = lambda h, w: jnp.sum(token_cross_entropy(head_logits(h, w), targets) * weights)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(head_cross_entropy(hidden, head, targets, 4)),
+                               np.asarray(token_cross_entropy(head_logits(hidden, head), targets)),
+                               rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.grad(chunked, (0, 1))(hidden, head), jax.grad(full, (0, 1))(hidden, head)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_head_cross_entropy_bf16_within_bf16_rounding():
+    hidden, head, targets = _hidden_head_targets(jnp.bfloat16, length=64, d=32, v=300, seed=1)
+    chunked = lambda h, w: jnp.mean(head_cross_entropy(h, w, targets, 16))  # noqa: E731
+    full = lambda h, w: jnp.mean(token_cross_entropy(head_logits(h, w), targets))  # noqa: E731
+    assert float(chunked(hidden, head)) == pytest.approx(float(full(hidden, head)), rel=1e-6)
+    for a, b in zip(jax.grad(chunked, (0, 1))(hidden, head), jax.grad(full, (0, 1))(hidden, head)):
+        assert a.dtype == jnp.bfloat16
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        # bf16 keeps 8 mantissa bits: elementwise within a few ulps of the gradient's scale.
+        np.testing.assert_allclose(a, b, atol=2e-2 * np.abs(b).max())
+
+
+def test_map_sequence_chunks_equals_whole_sequence():
+    x = jnp.arange(2 * 13 * 3, dtype=jnp.float32).reshape(2, 13, 3)
+    y = jnp.arange(2 * 13, dtype=jnp.float32).reshape(2, 13)
+    got = map_sequence_chunks(lambda a, b: a.sum(-1) * b, 5, x, y)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(x.sum(-1) * y))
+
+
+def test_losses_from_ce_equal_the_logit_formulas():
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(3, 10, 20)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 20, (3, 10)))
+    masked = jnp.asarray(rng.random((3, 10)) < 0.5)
+    p_mask = jnp.full((3, 10), 0.4)
+    valid = jnp.arange(10)[None, :] < 8
+    ce = token_cross_entropy(logits, tokens)
+    assert float(pretrain_loss_from_ce(ce, masked, p_mask, valid)) == float(
+        pretrain_loss(logits, tokens, masked, p_mask, valid))
+    plen = jnp.array([2, 5, 0])
+    assert float(sft_loss_from_ce(ce, masked, p_mask, plen)) == float(sft_loss(logits, tokens, masked, p_mask, plen))

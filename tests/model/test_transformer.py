@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from llada_jax.config import ModelConfig
-from llada_jax.model.transformer import (forward, forward_fill_cache, forward_window, init_params, param_logical_axes,
-                             param_shapes)
+from llada_jax.model.transformer import (forward, forward_fill_cache, forward_hidden, forward_window, head_logits,
+                                         init_params, param_logical_axes, param_shapes)
 from numpy_reference import hf_weights, reference_logits
 
 BASE = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=48, max_seq_len=64,
@@ -131,3 +132,30 @@ def test_out_of_vocabulary_tokens_rejected(tiny_cfg, tiny_params):
         forward(tiny_params, tiny_cfg, tokens)
     with pytest.raises(ValueError, match="attention_mask: shape"):
         forward(tiny_params, tiny_cfg, np.array([[1, 2]]), attention_mask=np.ones((1, 3), bool))
+
+
+def test_hidden_states_through_the_head_equal_forward(tiny_cfg, tiny_params):
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, tiny_cfg.vocab_size, size=(2, 10)))
+    mask = jnp.arange(10)[None, :] < jnp.array([[10], [7]])
+    hidden, head = forward_hidden(tiny_params, tiny_cfg, tokens, mask)
+    assert hidden.shape == (2, 10, tiny_cfg.d_model) and head.shape == (tiny_cfg.d_model, tiny_cfg.vocab_size)
+    np.testing.assert_allclose(head_logits(hidden, head), forward(tiny_params, tiny_cfg, tokens, mask), atol=1e-6)
+
+
+def test_embedding_gradient_in_compute_dtype(tiny_cfg, tiny_params):
+    """bf16 compute: the embedding's backward scatter-add is bf16 [V, D], not float32."""
+    cfg = tiny_cfg.replace(dtype="bfloat16")
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.mean(forward_hidden(p, cfg, tokens)[0].astype(jnp.float32))))(
+        tiny_params)
+
+    def scatters(j):
+        for e in j.eqns:
+            if e.primitive.name.startswith("scatter"):
+                yield e
+            for sub in jaxprs_in_params(e.params):
+                yield from scatters(sub)
+
+    scatters = list(scatters(jaxpr.jaxpr))
+    assert scatters and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in scatters)
+    assert any(e.outvars[0].aval.shape == (cfg.vocab_size, cfg.d_model) for e in scatters)

@@ -6,11 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from llada_jax.config import MeshConfig, load_config
 from llada_jax.training.optim import make_optimizer, wsd_schedule
 from llada_jax.model.sharding import make_mesh
-from llada_jax.training.step import init_state, make_train_step
+from llada_jax.model.diffusion import forward_process, pretrain_loss
+from llada_jax.model.transformer import forward
+from llada_jax.training.step import init_state, make_train_step, train_loss
 
 from conftest import REPO
 
@@ -160,3 +163,58 @@ def test_bf16_compute_keeps_float32_master_params():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
     assert not np.array_equal(np.asarray(state.params["layers"]["q_proj"]), before)
+
+
+def _loss_inputs(cfg, b=2, length=64, seed=0):
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(5, cfg.vocab_size, (b, length)), jnp.int32)
+    noisy, masked, p_mask = forward_process(jax.random.key(seed), tokens, cfg.mask_token_id)
+    valid = jnp.arange(length)[None, :] < jnp.array([[length], [length - 9]])
+    return noisy, tokens, masked & valid, p_mask, valid
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_train_loss_equals_reference_formula(tiny_cfg, tiny_params, dtype):
+    """The train step's loss (head in chunks of 16) vs `pretrain_loss` over the full float32 logits."""
+    cfg = tiny_cfg.replace(dtype=dtype, loss_chunk_size=16)
+    noisy, tokens, masked, p_mask, valid = _loss_inputs(cfg)
+    chunked = lambda p: train_loss(p, noisy, tokens, masked, p_mask, valid, None, model=cfg,  # noqa: E731
+                                   objective="pretrain")
+    reference = lambda p: pretrain_loss(forward(p, cfg, noisy, valid), tokens, masked, p_mask, valid)  # noqa: E731
+    (l1, g1), (l2, g2) = jax.value_and_grad(chunked)(tiny_params), jax.value_and_grad(reference)(tiny_params)
+    tol = 1e-6 if dtype == "float32" else 1e-3
+    assert float(l1) == pytest.approx(float(l2), rel=tol)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        a, b = np.asarray(a), np.asarray(b)
+        scale = np.abs(b).max()
+        # float32: rounding only; bf16: a few bf16 ulps (2^-8) of each gradient's scale.
+        np.testing.assert_allclose(a, b, atol=(1e-5 if dtype == "float32" else 3e-2) * scale)
+
+
+# Primitives whose outputs XLA materialises (elementwise ops, converts and broadcasts fuse into their consumers).
+MATERIALISED = {"dot_general", "scan", "while", "reduce_sum", "reduce_max", "gather", "scatter-add", "concatenate",
+                "transpose", "jit", "pjit", "custom_vjp_call"}
+
+
+def _float32_buffers(jaxpr, out):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in MATERIALISED:
+            out.update(tuple(v.aval.shape) for v in eqn.outvars if getattr(v.aval, "dtype", None) == jnp.float32)
+        for sub in jaxprs_in_params(eqn.params):
+            _float32_buffers(sub, out)
+    return out
+
+
+def test_no_full_size_float32_logits_or_scores_in_the_train_loss(tiny_cfg, tiny_params):
+    """bf16 compute: no matmul, reduction or loop yields float32 [B, L, V] logits or [B, N, L, L] scores."""
+    cfg = tiny_cfg.replace(dtype="bfloat16", loss_chunk_size=16)
+    b, length = 2, 64
+    args = _loss_inputs(cfg, b, length)
+    grad = jax.value_and_grad(lambda p: train_loss(p, *args, None, model=cfg, objective="pretrain"))
+    shapes = _float32_buffers(jax.make_jaxpr(grad)(tiny_params).jaxpr, set())
+    groups = cfg.n_heads // cfg.n_kv_heads
+    assert (b, length, cfg.vocab_size) not in shapes                    # logits
+    assert (b, cfg.n_kv_heads, groups, length, length) not in shapes    # attention scores / probabilities
+    assert (b, 16, cfg.vocab_size) in shapes                            # one chunk's logits, as designed
+    # The reference path (full logits) does have them: the check can fail.
+    full = jax.value_and_grad(lambda p: pretrain_loss(forward(p, cfg, args[0], args[4]), *args[1:]))
+    assert (b, length, cfg.vocab_size) in _float32_buffers(jax.make_jaxpr(full)(tiny_params).jaxpr, set())
