@@ -44,7 +44,7 @@ def _task(args):
 
 def _load(args):
     """(task, tokenizer, cfg, params): the cheap checks first, the checkpoint last."""
-    from llada_jax.io.checkpoint import load_model
+    from llada_jax.training.model_source import load_model
     from llada_jax.io.tokenizer import check_tokenizer_matches
 
     task = _task(args)
@@ -126,7 +126,7 @@ def _add_sweep(sub) -> None:
 def _cmd_likelihood(args: argparse.Namespace) -> int:
     import jax
 
-    from llada_jax.io.checkpoint import load_model
+    from llada_jax.training.model_source import load_model
     from llada_jax.evaluation.evaluate import encode_prompt
     from llada_jax.inference.likelihood import log_likelihood
 

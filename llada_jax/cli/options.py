@@ -10,7 +10,9 @@ from pathlib import Path
 
 def add_model_flags(p) -> None:
     """--checkpoint, --tokenizer and --mesh."""
-    p.add_argument("--checkpoint", type=Path, required=True, help="llada-jax params export or HF LLaDA directory")
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
+                   help="training run folder (its latest step, or RUN@STEP), llada-jax params export, or HF LLaDA "
+                        "directory")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="sentencepiece .model / tokenizer.json / directory (default: the checkpoint directory, "
                         "then the checkpoint config's train.tokenizer)")
@@ -34,7 +36,7 @@ def add_sampler_flags(p) -> None:
 
 
 def base_sample(checkpoint: Path, args=None):
-    """The checkpoint config's sample section (defaults for a HF directory), with flags applied."""
+    """The sample section of the checkpoint's config (run or export; defaults for a HF directory), with flags applied."""
     from llada_jax.config import SAMPLE_FIELDS
     from llada_jax.evaluation.evaluate import checkpoint_sample
 
