@@ -1,5 +1,9 @@
 """llada-jax: the LLaDA masked diffusion language model in JAX/Flax."""
 
+from llada_jax.config.platforms import skip_absent_tpu
+
+skip_absent_tpu()  # before any JAX backend starts: no TPU probe (and its warnings) where there is no TPU
+
 from llada_jax.config import ConfigError, ModelConfig, SampleConfig, load_config
 from llada_jax.model.diffusion import forward_process, pretrain_loss, sft_forward_process, sft_loss
 from llada_jax.model.transformer import forward, init_params

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MASK_MARK = "\u2591"     # ░: a position still masked
+NEWLINE_MARK = "\u23ce"  # ⏎: a newline, so each step stays one line
+
 
 def add_model_flags(p) -> None:
     """--checkpoint, --tokenizer and --mesh."""
@@ -64,3 +67,17 @@ def eval_mesh(choice: str):
     from llada_jax.model.sharding import make_mesh
 
     return make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
+
+
+def trajectory_lines(trajectory, tokenizer, cfg) -> list[str]:
+    """One line per model call of one row's generated part (`[calls, G]`): masked positions as ░,
+    newlines as ⏎, EOS / end-of-turn and ids past the tokenizer's vocabulary by name."""
+    import numpy as np
+
+    from llada_jax.inference.sampling import format_trajectory
+
+    trajectory = np.asarray(trajectory)
+    specials = {int(i): f"<{int(i)}>" for i in np.unique(trajectory) if i >= tokenizer.vocab_size}
+    specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
+    lines = format_trajectory(trajectory, tokenizer.decode, cfg.mask_token_id, mark=MASK_MARK, specials=specials)
+    return [line.replace("\n", NEWLINE_MARK) for line in lines]

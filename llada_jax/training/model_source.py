@@ -52,11 +52,7 @@ def run_steps(run_dir: str | Path) -> list[int]:
     """The finished checkpoint steps of a training run folder, ascending (empty when none)."""
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(Path(run_dir).absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        return sorted(int(s) for s in manager.all_steps())
-    finally:
-        manager.close()
+    return sorted(int(s) for s in ocp.path.step.checkpoint_steps(Path(run_dir).absolute()))
 
 
 def _has_step_dirs(path: Path) -> bool:
