@@ -6,7 +6,7 @@ Everything lands under one work directory:
     corpus/            one text file per `pydoc_data.topics` topic (no download)
     tokenizer.model    sentencepiece, special ids as configs/quickstart.yaml expects
     run/               pretraining: Orbax checkpoints, config.yaml, metrics.jsonl, tb/ (TensorBoard)
-    sft.jsonl          `copy: 2 7 1 8 -> 2 7 1 8` and `reverse: 2 7 1 8 -> 8 1 7 2` rows
+    sft.jsonl          `copy: 2 7 1 -> 2 7 1` and `reverse: 2 7 1 -> 1 7 2` rows
     sft/               the SFT stage, started from the pretraining run folder (`train.init_from`)
     export/            params-only export of the SFT model with its tokenizer (generate/eval/sweep)
 
@@ -30,15 +30,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.y
 
 # The SFT stage: configs/quickstart.yaml with these settings (then the user's overrides). Rows are
 # BOS + prompt, then the answer + EOS (`plain` template: as `eval --no-chat` encodes a prompt).
-SFT_SETTINGS = ("train.objective=sft", "train.steps=800", "train.seq_len=24", "train.warmup_steps=20",
-                "train.decay_steps=200", "train.checkpoint_every_steps=200", "train.log_every=50",
+SFT_SETTINGS = ("train.objective=sft", "train.steps=1200", "train.seq_len=20", "train.learning_rate=5e-3",
+                "train.final_learning_rate=5e-4", "train.warmup_steps=20", "train.decay_steps=300",
+                "train.checkpoint_every_steps=300", "train.log_every=50",
                 "data.format=jsonl", "data.chat_template=plain",
                 "sample.gen_length=8", "sample.steps=8", "sample.block_length=8")
-DIGITS = 4                       # digits per string: a fixed length, learned in minutes
+DIGITS = 3                       # digits per string: a fixed length, learned in minutes
 TASK_OPTIONS = {"min_len": DIGITS, "max_len": DIGITS}
 TRAIN_ROWS = 5000                # per direction (the held-out evaluation prompts are left out)
 EVAL_EXAMPLES, EVAL_SEED = 64, 0  # the defaults of `llada-jax eval`: the printed command sees the same prompts
-DEMO_DIGITS = "2 7 1 8"
+DEMO_DIGITS = "2 7 1"
 
 
 def unmasking_frames(lines: Sequence[str], frames: int = 6) -> list[str]:
@@ -89,7 +90,7 @@ def next_commands(export: Path) -> list[str]:
     """The commands that go on from the quickstart's export (printed at the end, tested as printed)."""
     ckpt = shlex.quote(str(export))
     task = f"--no-chat --task-option min_len={DIGITS} --task-option max_len={DIGITS}"
-    return [f"llada-jax generate --checkpoint {ckpt} --prompt {shlex.quote('reverse: 9 0 4 6')} --show-steps",
+    return [f"llada-jax generate --checkpoint {ckpt} --prompt {shlex.quote('reverse: 9 0 4')} --show-steps",
             f"llada-jax eval --checkpoint {ckpt} --task reverse {task}",
             f"llada-jax sweep --checkpoint {ckpt} --task reverse {task} --grid steps=1,2,4,8 "
             f"--out {shlex.quote(str(export.parent / 'sweep'))}"]
@@ -102,9 +103,11 @@ def _train_stage(config, tokenizer, name: str, log, progress: bool):
     result = run_training(config, make_dataset(config, tokenizer), progress=progress)
     if result.resumed_from is not None:
         log(f"{name}: resumed from step {result.resumed_from}")
-    losses = [r["loss"] for r in read_metrics(config.train.checkpoint_dir) if "loss" in r and "skipped" not in r]
+    records = [r for r in read_metrics(config.train.checkpoint_dir) if "loss" in r and "skipped" not in r]
+    losses = [r["loss"] for r in records]
     if losses:
-        log(f"{name}: loss first logged {losses[0]:.3f}, last {losses[-1]:.3f}")
+        speed = np.median([r["tokens_per_s"] for r in records if "tokens_per_s" in r] or [np.nan])
+        log(f"{name}: loss first logged {losses[0]:.3f}, last {losses[-1]:.3f}; median {speed:,.0f} tokens/s")
     return result, losses
 
 
@@ -114,6 +117,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
                    progress: bool = True) -> dict:
     """Pretrain, SFT (each resumed if begun), export and show the model at work; returns a summary dict."""
     import shutil
+    import time
 
     import jax
 
@@ -126,6 +130,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
     from llada_jax.training.checkpointer import export_checkpoint
 
+    start = time.perf_counter()
     workdir = Path(workdir).absolute()
     tok_path, run_dir, sft_dir, export = (workdir / "tokenizer.model", workdir / "run", workdir / "sft",
                                           workdir / "export")
@@ -184,6 +189,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
         accuracy[name] = result.accuracy
         log(f"  held-out {name}: {result.correct}/{result.num_examples} right (e.g. {task.examples[0].prompt!r} -> "
             f"{result.outputs[0]!r})")
+    log(f"done in {time.perf_counter() - start:.0f} s")
     commands = next_commands(export)
     log("next (the export is also a --checkpoint for likelihood, lm-eval and train.init_from; so is each run "
         "folder, e.g. --checkpoint " + shlex.quote(f"{sft_dir}@{sft_result.step}") + "):")

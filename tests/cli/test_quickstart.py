@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llada_jax.cli.options import trajectory_lines
-from llada_jax.cli.quickstart import DEFAULT_CONFIG, fit_schedule, run_quickstart, unmasking_frames
+from llada_jax.cli.quickstart import DEFAULT_CONFIG, DEMO_DIGITS, DIGITS, fit_schedule, run_quickstart, unmasking_frames
 from llada_jax.config import ConfigError, ModelConfig, load_config
 from llada_jax.evaluation.tasks import load_task
 
@@ -69,14 +69,15 @@ def test_quickstart_trains_exports_and_its_next_commands_run(tmp_path):
     # The SFT rows never hold a prompt that evaluation (and the printed eval command) scores.
     rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     held_out = {e.prompt for name in ("copy", "reverse")
-                for e in load_task(name, num_examples=64, seed=0, min_len=4, max_len=4).examples}
+                for e in load_task(name, num_examples=64, seed=0, min_len=DIGITS, max_len=DIGITS).examples}
     assert rows and not held_out & {r["prompt"] for r in rows}
     assert {r["prompt"].split(":")[0] for r in rows} == {"copy", "reverse"}
     assert all(r["response"] == " ".join(reversed(r["prompt"].split(": ")[1].split()))
                for r in rows if r["prompt"].startswith("reverse"))
 
     # Both directions are shown unmasking, from all masked to the end.
-    assert "  copy: 2 7 1 8" in lines and "  reverse: 2 7 1 8" in lines
+    assert f"  copy: {DEMO_DIGITS}" in lines and f"  reverse: {DEMO_DIGITS}" in lines
+    assert not {f"copy: {DEMO_DIGITS}", f"reverse: {DEMO_DIGITS}"} & {r["prompt"] for r in rows}
     frames = [line.strip() for line in lines if line.startswith("    step")]
     assert len(frames) == 2 * 5 and frames[0].startswith("step   1/8: ") and frames[0].count("\u2591") == 7
     assert set(first["accuracy"]) == {"copy", "reverse"}
