@@ -5,6 +5,10 @@ The public names below are imported on first use (PEP 562), so `import llada_jax
 before any slow import.
 """
 
+from llada_jax.config.platforms import skip_absent_tpu
+
+skip_absent_tpu()  # before any JAX backend starts: no TPU probe (and its warnings) where there is no TPU
+
 import importlib
 
 # Public name -> the module that defines it.

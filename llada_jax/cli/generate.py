@@ -1,7 +1,7 @@
 """`llada-jax generate`: sample answers from a checkpoint, optionally showing every unmasking step.
 
-Thin: parse, load the tokenizer and the checkpoint (a llada-jax export or a HF LLaDA
-directory), encode (left-padded batch), call the sampler, print. Registered in
+Thin: parse, load the tokenizer and the checkpoint (a training run folder, a llada-jax export
+or a HF LLaDA directory), encode (left-padded batch), call the sampler, print. Registered in
 `cli.main` through `GENERATE_SUBCOMMANDS`. Model, tokenizer and sampler flags are
 shared with the eval commands (`cli.options`).
 """
@@ -14,9 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from llada_jax.cli.options import add_model_flags, add_sampler_flags, base_sample, checkpoint_tokenizer, eval_mesh
-
-MASK_MARK = "░"
+from llada_jax.cli.options import (MASK_MARK, NEWLINE_MARK, add_model_flags, add_sampler_flags, base_sample,
+                                   checkpoint_tokenizer, eval_mesh, trajectory_lines)
 
 
 def _read_prompts(args) -> list[str]:
@@ -35,9 +34,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from llada_jax.io.checkpoint import load_model
+    from llada_jax.training.model_source import load_model
     from llada_jax.evaluation.evaluate import decode_answer, encode_prompts, generate_answers, place_params
-    from llada_jax.inference.sampling import format_trajectory, generate_with_stats
+    from llada_jax.inference.sampling import generate_with_stats
     from llada_jax.io.tokenizer import check_tokenizer_matches
 
     texts = _read_prompts(args)
@@ -54,13 +53,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         result = generate_with_stats(params, cfg, prompts.ids, prompts.mask, key=jax.random.key(args.seed),
                                      return_trajectory=True, **options)
         tokens, calls = np.asarray(result.tokens)[:, p:], int(result.model_calls)
-        specials = {int(i): f"<{int(i)}>" for i in np.unique(result.trajectory) if i >= tokenizer.vocab_size}
-        specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
         for row, text in enumerate(texts):
             if len(texts) > 1:
                 print(f"### prompt {row + 1}: {text}")
-            lines = format_trajectory(result.trajectory[:, row, p:], tokenizer.decode, cfg.mask_token_id,
-                                      mark=MASK_MARK, specials=specials)
+            lines = trajectory_lines(result.trajectory[:, row, p:], tokenizer, cfg)
             width = len(str(len(lines)))
             for step, line in enumerate(lines):
                 print(f"step {step + 1:>{width}}/{len(lines)}: {line}")
@@ -90,7 +86,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (temperature > 0, random remasking)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler call")
     p.add_argument("--show-steps", action="store_true",
-                   help=f"print the answer after every step, masked positions as {MASK_MARK}")
+                   help=f"print the answer after every step, masked positions as {MASK_MARK}, newlines as {NEWLINE_MARK}")
     p.set_defaults(func=_cmd_generate)
 
 

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MASK_MARK = "\u2591"     # ░: a position still masked
+NEWLINE_MARK = "\u23ce"  # ⏎: a newline, so each step stays one line
+
 
 def add_model_flags(p) -> None:
     """--checkpoint, --tokenizer and --mesh."""
-    p.add_argument("--checkpoint", required=True, help="llada-jax params export or HF LLaDA directory (local or gs://...)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="training run folder (its latest step, or RUN@STEP), llada-jax params export, or HF LLaDA "
+                        "directory; local or gs://...")
     p.add_argument("--tokenizer", default=None,
                    help="sentencepiece .model / tokenizer.json / directory (default: the checkpoint directory, "
                         "then the checkpoint config's train.tokenizer)")
@@ -41,7 +46,7 @@ def sample_flags(args) -> dict:
 
 
 def base_sample(checkpoint: Path, args=None):
-    """The checkpoint config's sample section (defaults for a HF directory), with flags applied."""
+    """The sample section of the checkpoint's config (run or export; defaults for a HF directory), with flags applied."""
     from llada_jax.evaluation.evaluate import checkpoint_sample
 
     base = checkpoint_sample(checkpoint)
@@ -66,3 +71,17 @@ def eval_mesh(choice: str):
     from llada_jax.model.sharding import make_mesh
 
     return make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
+
+
+def trajectory_lines(trajectory, tokenizer, cfg) -> list[str]:
+    """One line per model call of one row's generated part (`[calls, G]`): masked positions as ░,
+    newlines as ⏎, EOS / end-of-turn and ids past the tokenizer's vocabulary by name."""
+    import numpy as np
+
+    from llada_jax.inference.sampling import format_trajectory
+
+    trajectory = np.asarray(trajectory)
+    specials = {int(i): f"<{int(i)}>" for i in np.unique(trajectory) if i >= tokenizer.vocab_size}
+    specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
+    lines = format_trajectory(trajectory, tokenizer.decode, cfg.mask_token_id, mark=MASK_MARK, specials=specials)
+    return [line.replace("\n", NEWLINE_MARK) for line in lines]

@@ -117,18 +117,19 @@ def _add_compile_check(sub) -> None:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from llada_jax.cli.quickstart import run_quickstart
 
-    run_quickstart(args.workdir, steps=args.steps, prompt=args.prompt, overrides=args.overrides,
+    run_quickstart(args.workdir, steps=args.steps, sft_steps=args.sft_steps, overrides=args.overrides,
                    log=lambda line: print(line, flush=True), progress=not args.no_progress)
     return 0
 
 
 def _add_quickstart(sub) -> None:
-    p = sub.add_parser("quickstart", help="train a tokenizer and a tiny LLaDA on the bundled Python docs, then sample")
+    p = sub.add_parser("quickstart", help="tokenizer, tiny LLaDA pretrained on the bundled Python docs, SFT on "
+                                          "copying and reversing digits, export, sampling")
     p.add_argument("--workdir", type=Path, default=Path("runs/quickstart"))
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/quickstart.yaml)")
-    p.add_argument("--prompt", default="The for statement", help="text to continue")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: configs/quickstart.yaml)")
+    p.add_argument("--sft-steps", type=int, default=None, help="SFT steps (default: quickstart.SFT_SETTINGS)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides of configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of configs/quickstart.yaml (both stages)")
     p.set_defaults(func=_cmd_quickstart)
 
 

@@ -182,7 +182,7 @@ class TrainConfig(Section):
     noise_eps: float = 1e-3              # p_mask = (1 - eps) t + eps
     random_length_prob: float = 0.01     # pretraining batches cut to U{1..L} (docs/semantics.md, Training objectives)
     seed: int = 0
-    init_from: str | None = None         # params export or HF directory to start from (SFT)
+    init_from: str | None = None         # run folder (or RUN@STEP), params export or HF dir to start from
     tokenizer: str | None = None         # sentencepiece .model, tokenizer.json or a directory with one
     checkpoint_dir: str = "runs/train"
     checkpoint_every_steps: int = 500    # 0: never by step count

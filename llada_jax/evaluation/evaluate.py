@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -73,32 +72,17 @@ class EvalResult:
 
 
 def checkpoint_sample(checkpoint) -> SampleConfig:
-    """The sampler settings saved with a llada-jax checkpoint; the defaults for a HF directory."""
-    from llada_jax.io.checkpoint import CONFIG_FILE, read_config
+    """The sampler settings saved with a training run or a params export; the defaults for a HF directory."""
+    from llada_jax.training.model_source import source_sample
 
-    from llada_jax.io.paths import as_path, is_file
-
-    return read_config(checkpoint).sample if is_file(as_path(checkpoint) / CONFIG_FILE) else SampleConfig()
+    return source_sample(checkpoint)
 
 
 def find_tokenizer(checkpoint, tokenizer=None):
     """`tokenizer` if given, else one in the checkpoint directory, else its config's `train.tokenizer`."""
-    from llada_jax.io.checkpoint import CONFIG_FILE, read_config
-    from llada_jax.io.paths import as_path, is_file
-    from llada_jax.io.tokenizer import load_tokenizer
+    from llada_jax.training.model_source import source_tokenizer
 
-    if tokenizer is not None:
-        return load_tokenizer(tokenizer)
-    checkpoint = as_path(checkpoint)
-    try:
-        return load_tokenizer(checkpoint)
-    except FileNotFoundError:
-        pass
-    if is_file(checkpoint / CONFIG_FILE):
-        path = getattr(getattr(read_config(checkpoint), "train", None), "tokenizer", None)
-        if path:
-            return load_tokenizer(path)
-    raise FileNotFoundError(f"{checkpoint}: no tokenizer found in the directory or its config; pass one explicitly")
+    return source_tokenizer(checkpoint, tokenizer)
 
 
 def encode_prompt(tokenizer, text: str, chat: bool = True) -> list[int]:

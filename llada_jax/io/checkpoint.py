@@ -19,7 +19,8 @@ PARAMS_DIR = "params"
 CONFIG_FILE = "config.yaml"
 
 
-def _abstract_params(cfg: ModelConfig, shardings=None):
+def abstract_params(cfg: ModelConfig, shardings=None):
+    """Shapes and dtypes of `cfg`'s params (with `shardings` when given): a restore target."""
     from llada_jax.model.transformer import param_shapes
     from llada_jax.model.sharding import with_shardings
 
@@ -72,7 +73,7 @@ def load_params(path: PathLike, shardings=None, param_dtype: str | None = None):
     cfg = config.model if param_dtype is None else config.model.replace(param_dtype=param_dtype)
     if not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path_str(path)}: missing the '{PARAMS_DIR}/' directory of a params export")
-    target = _abstract_params(cfg, shardings)
+    target = abstract_params(cfg, shardings)
     checkpointer = ocp.StandardCheckpointer()
     try:
         params = checkpointer.restore(path / PARAMS_DIR, target)

@@ -72,7 +72,7 @@ def splash_fits(q_len: int, kv_len: int) -> bool:
 def xla_attention(q, k, v, key_mask):
     """Softmax attention with compute-dtype scores/probabilities and float32 row statistics."""
     b, t, n, h = q.shape
-    s_len, kv_heads = k.shape[1], k.shape[2]
+    kv_heads = k.shape[2]
     qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
     scores = jnp.einsum("btkgh,bskh->bkgts", qg, k)
     scores = scores * jnp.asarray(1.0 / math.sqrt(h), scores.dtype)

@@ -265,16 +265,18 @@ def make_dataset(config: Config, tokenizer=None, split: str = "train"):
 
 
 def load_initial_params(config: Config, mesh):
-    """Params of `train.init_from` (params export or HF dir) on `mesh`, refusing another architecture."""
-    from llada_jax.io.checkpoint import load_model, read_model_config
+    """Params of `train.init_from` (a run folder or `RUN@STEP`, a params export or a HF dir) on `mesh`,
+    refusing another architecture."""
     from llada_jax.model.sharding import param_shardings
     from llada_jax.training.checkpointer import IncompatibleCheckpointError, arch_differences
+    from llada_jax.training.model_source import load_model, resolve_source, source_model_config
 
     path = config.train.init_from
     if not path:
         return None
-    diffs = arch_differences(read_model_config(path), config.model)  # before reading any weights
+    source = resolve_source(path)
+    diffs = arch_differences(source_model_config(source), config.model)  # before reading any weights
     if diffs:
         raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(diffs))
-    _, params = load_model(path, shardings=param_shardings(config.model, mesh), param_dtype=config.model.param_dtype)
+    _, params = load_model(source, shardings=param_shardings(config.model, mesh), param_dtype=config.model.param_dtype)
     return params

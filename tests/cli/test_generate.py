@@ -81,3 +81,55 @@ def test_bad_settings_exit_2(exported, capsys):
     assert code == 2 and "not divisible by block_length" in err
     code, _, err = _run(capsys, "--checkpoint", ckpt, "--tokenizer", tok_path)
     assert code == 2 and "--prompt" in err
+
+
+def test_newlines_show_as_a_mark():
+    from llada_jax.cli.options import NEWLINE_MARK, trajectory_lines
+    from llada_jax.config import ModelConfig
+
+    class Tok:
+        vocab_size = 20
+
+        def decode(self, ids):
+            return "".join({10: "x", 11: "\n"}[i] for i in ids)
+
+    cfg = ModelConfig(vocab_size=32, bos_token_id=1, mask_token_id=3, eos_token_id=2, eot_token_id=4, pad_token_id=2)
+    lines = trajectory_lines(np.array([[3, 3, 3], [10, 11, 3], [10, 11, 25]]), Tok(), cfg)
+    assert lines == ["\u2591\u2591\u2591", f"x{NEWLINE_MARK}\u2591", f"x{NEWLINE_MARK}<25>"]
+
+
+def test_run_folder_step_and_clean_stderr_without_jax_platforms(exported, tiny_cfg, tmp_path):
+    """A training run folder at RUN@STEP is a --checkpoint; a missing step is a one-line error; and a
+    command started without JAX_PLATFORMS (libtpu installed, no TPU) prints no TPU-probe warnings."""
+    import os
+    import subprocess
+    import sys
+
+    from llada_jax.config import MeshConfig, load_config
+    from llada_jax.model.sharding import make_mesh
+    from llada_jax.training.checkpointer import TrainCheckpointer
+    from llada_jax.training.step import init_state
+
+    from conftest import REPO
+
+    ckpt, tok_path, _, params = exported
+    config = load_config(REPO / "configs" / "tiny.yaml", ["train.warmup_steps=1", "train.decay_steps=1",
+                                                          f"train.tokenizer={tok_path}", "sample.gen_length=8",
+                                                          "sample.steps=8", "sample.block_length=8"])
+    mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+    saver = TrainCheckpointer(tmp_path / "run", config, async_save=False)
+    with jax.set_mesh(mesh):
+        saver.save(3, init_state(config, mesh, params))
+    saver.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    base = [sys.executable, "-m", "llada_jax.cli", "generate", "--prompt", "the cat", "--show-steps"]
+    done = subprocess.run([*base, "--checkpoint", f"{tmp_path / 'run'}@3"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("step 1/8: ")  # the run's sample section, its tokenizer
+    stderr = done.stderr.strip().splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith('{"prompts": 1'), done.stderr  # only the stats line
+    done = subprocess.run([*base, "--checkpoint", f"{tmp_path / 'run'}@5"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"llada-jax generate: error: {tmp_path / 'run'}: no checkpoint step 5; steps saved: 3"
