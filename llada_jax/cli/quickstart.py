@@ -5,7 +5,8 @@ Everything lands under one work directory:
 
     corpus/            one text file per `pydoc_data.topics` topic (no download)
     tokenizer.model    sentencepiece, special ids as configs/quickstart.yaml expects
-    run/               pretraining: Orbax checkpoints, config.yaml, metrics.jsonl, tb/ (TensorBoard)
+    run/               pretraining: Orbax checkpoints, config.yaml, metrics.jsonl, tb/ (TensorBoard),
+                       curves.png (the training curves; also in sft/)
     sft.jsonl          `copy: 2 7 1 -> 2 7 1` and `reverse: 2 7 1 -> 1 7 2` rows
     sft/               the SFT stage, started from the pretraining run folder (`train.init_from`)
     export/            params-only export of the SFT model with its tokenizer (generate/eval/sweep)
@@ -129,6 +130,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     from llada_jax.inference.sampling import generate_with_stats
     from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
     from llada_jax.training.checkpointer import export_checkpoint
+    from llada_jax.training.plot import plot_training_curves
 
     start = time.perf_counter()
     workdir = Path(workdir).absolute()
@@ -170,6 +172,8 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     export_checkpoint(sft_dir, export)
     shutil.copy(tok_path, export / "tokenizer.model")
     log(f"3. exported the SFT model with its tokenizer to {export}")
+    curves = [plot_training_curves(d, d / "curves.png") for d in (run_dir, sft_dir)]
+    log(f"   training curves: {curves[0]} and {curves[1]} (`llada-jax plot RUN_DIR` draws them for any run)")
 
     params, cfg, sample = jax.device_get(sft_result.state.params), sft_config.model, sft_config.sample
     prompts = [f"copy: {DEMO_DIGITS}", f"reverse: {DEMO_DIGITS}"]
@@ -198,4 +202,5 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     return {"status": (pre_result.status, sft_result.status), "step": pre_result.step, "sft_step": sft_result.step,
             "resumed_from": pre_result.resumed_from, "sft_resumed_from": sft_result.resumed_from,
             "losses": pre_losses, "sft_losses": sft_losses, "accuracy": accuracy, "run_dir": str(run_dir),
-            "sft_dir": str(sft_dir), "export": str(export), "next_commands": commands}
+            "sft_dir": str(sft_dir), "export": str(export), "curves": [str(c) for c in curves],
+            "next_commands": commands}

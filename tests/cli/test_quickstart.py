@@ -63,6 +63,8 @@ def test_quickstart_trains_exports_and_its_next_commands_run(tmp_path):
     assert (tmp_path / "tokenizer.model").is_file() and (tmp_path / "run" / "4").is_dir()
     assert (tmp_path / "sft" / "4").is_dir()
     assert (tmp_path / "export" / "params").is_dir() and (tmp_path / "export" / "tokenizer.model").is_file()
+    for run in ("run", "sft"):  # the training curves, as PNG files
+        assert (tmp_path / run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sft_config = load_config(tmp_path / "sft" / "config.yaml")
     assert sft_config.train.init_from == str(tmp_path / "run") and sft_config.train.objective == "sft"
 
