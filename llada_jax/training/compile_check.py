@@ -202,6 +202,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"roofline floor per step: {_fmt_time(rl['floor_s'])} ({rl['bound']}-bound: compute "
                  f"{_fmt_time(rl['compute_s'])}, HBM {_fmt_time(rl['hbm_s'])}, ICI {_fmt_time(rl['ici_s'])}); "
                  f"MFU ceiling {_fmt_pct(rl['mfu_ceiling'])}")
+    if r["num_slices"] > 1:
+        lines.append("  (every collective is timed at ICI bandwidth: traffic between slices over DCN is slower)")
     return "\n".join(lines)
 
 
