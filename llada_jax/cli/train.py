@@ -95,21 +95,33 @@ def _add_export(sub) -> None:
 
 
 def _cmd_compile_check(args: argparse.Namespace) -> int:
-    from llada_jax.training.compile_check import compile_check, format_report
+    from llada_jax.training import compile_check as cc
     from llada_jax.config import load_config
 
     config = load_config(args.config, args.overrides)
-    report = compile_check(config, args.topology, num_slices=args.num_slices)
-    print(json.dumps(report) if args.json else format_report(report))
+    if args.search:
+        policies = args.policies.split(",") if args.policies else None
+        accums = [int(a) for a in args.grad_accum.split(",")] if args.grad_accum else None
+        result = cc.search_plans(config, args.topology, num_slices=args.num_slices, policies=policies,
+                                 grad_accums=accums)
+        print(json.dumps(result) if args.json else cc.format_search(result))
+        return 0 if result["best"] is not None else 1
+    report = cc.compile_check(config, args.topology, num_slices=args.num_slices)
+    print(json.dumps(report) if args.json else cc.format_report(report))
     return 0 if report["fits"] is not False else 1
 
 
 def _add_compile_check(sub) -> None:
     p = sub.add_parser("compile-check", help="AOT-compile the train step for a TPU topology on this host (needs libtpu)")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--topology", required=True, help="e.g. v5p:4x4x4, v5e:4x4")
+    p.add_argument("--topology", required=True, help="e.g. v5p:4x4x4, v4:2x2x1, v5e:8x8, v6e:16x16")
     p.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN (mesh.dcn_* sizes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--search", action="store_true",
+                   help="compile each remat policy x grad_accum split; mark the fastest plan that fits")
+    p.add_argument("--policies", default=None, help="--search: comma-separated remat policies (default: all)")
+    p.add_argument("--grad-accum", default=None,
+                   help="--search: comma-separated microbatch splits (default: powers of two the mesh allows)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=_cmd_compile_check)
 

@@ -1,112 +1,225 @@
 """Ahead-of-time compilation of the real train step for a TPU topology, on a CPU host.
 
-`compile_check(config, "v5p:4x4x4")` asks libtpu (the optional `tpu` extra) for the topology's
-devices, builds the run's mesh over them, lowers and compiles `make_train_step` against
-abstract state and batch carrying those shardings, and reads back XLA's per-chip memory plan,
-its FLOP count and the collectives in the compiled program. Nothing is allocated: a team can
-tell whether a config fits before booking a pod.
+`compile_check(config, "v5p:4x4x4")` asks libtpu (the `tpu` extra) for the topology's devices,
+described as the hardware is wired (training.topology), builds the run's mesh over them, lowers
+and compiles `make_train_step` against abstract state and batch carrying those shardings, and
+reports per chip and per step: XLA's memory plan against the chip's HBM, the model FLOPs and the
+FLOPs the remat policy recomputes, every collective with its executions and bytes (loop trips
+counted, training.hlo_stats), the HBM traffic, and from those the roofline floor of the step time
+and the MFU ceiling it implies. Nothing is allocated: a team can tell whether a config fits, and
+how fast it can possibly run, before booking a pod.
+
+`search_plans` compiles the same run under each remat policy and microbatch split
+(`train.grad_accum`) and marks the plan with the lowest floor that fits.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import importlib.metadata
+from typing import Any, Sequence
 
-from llada_jax.config import Config
-from llada_jax.training.metrics import flops_per_step, hbm_bytes
+from llada_jax.config import REMAT_POLICIES, Config, ModelConfig
+from llada_jax.training.hlo_stats import hlo_step_stats
+from llada_jax.training.metrics import flops_per_step
+from llada_jax.training.topology import chip_spec, roofline, topology_devices, topology_kwargs
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-
-
-def topology_devices(topology: str, num_slices: int = 1):
-    """The devices of a TPU topology such as 'v5p:4x4x4' or 'v5e:4x4' (needs libtpu)."""
-    import os
-
-    from jax.experimental import topologies
-
-    # Only compiling: do not take libtpu's one-process-per-host lock (a training job or another
-    # compile-check may hold it).
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    if ":" not in topology:
-        raise ValueError(f"topology '{topology}': expected <chip>:<shape>, e.g. v5p:4x4x4 or v5e:4x4")
-    try:
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=num_slices)
-    except Exception as e:  # libtpu missing or an unknown topology name
-        raise ValueError(f"cannot describe TPU topology '{topology}' (is the 'tpu' extra, libtpu, "
-                         f"installed?): {e}") from e
-    return list(desc.devices)
+GIB = 1024 ** 3
 
 
-def count_collectives(hlo_text: str) -> dict[str, int]:
-    """Occurrences of each collective op (async start ops counted once) in compiled HLO text."""
-    counts = {}
-    for name in COLLECTIVES:
-        n = len(re.findall(rf"= [^=\n]*? {name}(?:-start)?\(", hlo_text))
-        if n:
-            counts[name] = n
-    return counts
+def recompute_flops_per_token(model: ModelConfig, seq_len: int, policy: str) -> float:
+    """Forward FLOPs per token that the backward pass recomputes under a remat policy.
+
+    'full' saves only each layer's input, so the backward reruns every layer's forward (all of
+    its matmuls and attention); 'dots_no_batch' saves the weight matmuls (no batch dimension) and
+    reruns the attention products q.k and p.v (batched over rows and heads); 'dots' saves every
+    matmul and 'none' saves everything. The output head is outside the scanned layers: never rerun.
+    """
+    d, m, layers = model.d_model, model.mlp_hidden_size, model.n_layers
+    kv = model.n_kv_heads * model.head_dim
+    attention = 2 * layers * 2 * seq_len * d
+    dense = 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * m)
+    return float({"full": dense + attention, "dots_no_batch": attention}.get(policy, 0))
 
 
-def compile_check(config: Config, topology: str, *, num_slices: int = 1) -> dict[str, Any]:
-    """Compile the train step for `topology`; return memory per chip, FLOPs and collectives."""
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for package in ("jax", "jaxlib", "libtpu"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _compile(config: Config, devices: list):
     from llada_jax.model.sharding import make_mesh
     from llada_jax.training.step import abstract_batch, abstract_state, make_train_step
 
-    devices = topology_devices(topology, num_slices)
     mesh = make_mesh(config.mesh, devices)
     step = make_train_step(config, mesh)
-    state = abstract_state(config, mesh)
-    batch = abstract_batch(config.train, mesh)
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(abstract_state(config, mesh), abstract_batch(config.train, mesh)).compile()
+    return compiled, dict(mesh.shape)
+
+
+def plan_report(config: Config, compiled, devices: list, mesh_shape: dict[str, int]) -> dict[str, Any]:
+    """Memory, FLOPs, collectives, HBM traffic and roofline of one compiled train step, per chip."""
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis() or {}
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    args = int(mem.argument_size_in_bytes)
-    out = int(mem.output_size_in_bytes)
-    alias = int(mem.alias_size_in_bytes)
-    temp = int(mem.temp_size_in_bytes)
+    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
     code = int(mem.generated_code_size_in_bytes)
     total = args + out - alias + temp + code
     kind = devices[0].device_kind
-    hbm = hbm_bytes(kind)
+    spec = chip_spec(kind)
+    n = len(devices)
+    stats = hlo_step_stats(compiled.as_text(), n)
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    train = config.train
+    model_flops = flops_per_step(config.model, train) / n
+    recompute = recompute_flops_per_token(config.model, train.seq_len, config.model.remat_policy) \
+        * train.tokens_per_step / n
+    collective_bytes = sum(v["bytes"] for v in stats["collectives"].values())
+    link_bytes = sum(v["link_bytes"] for v in stats["collectives"].values())
+    hbm = spec["hbm_bytes"]
     return {
-        "topology": topology,
-        "num_slices": num_slices,
         "device_kind": kind,
-        "num_devices": len(devices),
-        "mesh": dict(mesh.shape),
-        "global_batch": config.train.batch_size,
-        "seq_len": config.train.seq_len,
+        "num_devices": n,
+        "mesh": mesh_shape,
+        "global_batch": train.batch_size,
+        "seq_len": train.seq_len,
+        "grad_accum": train.grad_accum,
+        "remat_policy": config.model.remat_policy,
         "params": config.model.num_params(),
         "memory_per_chip": {"arguments": args, "outputs": out, "aliased": alias, "temporaries": temp,
                             "code": code, "total": total, "hbm": hbm},
         "fits": None if hbm is None else total <= hbm,
-        "flops_per_step_xla_per_chip": float(cost.get("flops", float("nan"))),
-        "flops_per_step_model": flops_per_step(config.model, config.train),
-        "collectives": count_collectives(compiled.as_text()),
+        "flops_per_chip": {"model": model_flops, "recompute": recompute, "executed": model_flops + recompute,
+                           "xla_cost_analysis": float(cost.get("flops", float("nan")))},
+        "flops_per_step_model": model_flops * n,
+        "collectives": stats["collectives"],
+        "collective_bytes_per_chip": collective_bytes,
+        "link_bytes_per_chip": link_bytes,
+        "hbm_bytes_per_chip": stats["hbm_bytes"],
+        "loops_without_trip_count": stats["unknown_loops"],
+        "chip": spec,
+        "roofline": roofline(flops=model_flops + recompute, hbm_bytes_accessed=stats["hbm_bytes"],
+                             ici_bytes=link_bytes, model_flops=model_flops, spec=spec),
     }
+
+
+def compile_check(config: Config, topology: str, *, num_slices: int = 1) -> dict[str, Any]:
+    """Compile the train step for `topology` x `num_slices`; return its per-chip, per-step report."""
+    devices = topology_devices(topology, num_slices)
+    compiled, mesh_shape = _compile(config, devices)
+    return {"topology": topology, "num_slices": num_slices, "topology_kwargs": topology_kwargs(topology, num_slices),
+            "versions": _versions(), **plan_report(config, compiled, devices, mesh_shape)}
+
+
+def grad_accum_choices(batch_size: int, row_shards: int) -> list[int]:
+    """Microbatch splits to try: powers of two whose microbatch still covers every row shard."""
+    out, a = [], 1
+    while batch_size % a == 0 and (batch_size // a) % row_shards == 0:
+        out.append(a)
+        a *= 2
+    return out
+
+
+def search_plans(config: Config, topology: str, *, num_slices: int = 1, policies: Sequence[str] | None = None,
+                 grad_accums: Sequence[int] | None = None) -> dict[str, Any]:
+    """Compile every (remat policy, grad_accum) plan; the fastest floor that fits is `best`."""
+    devices = topology_devices(topology, num_slices)
+    policies = list(policies or [p for p in REMAT_POLICIES])
+    for p in policies:
+        if p not in REMAT_POLICIES:
+            raise ValueError(f"--policies: unknown remat policy '{p}' (one of {', '.join(REMAT_POLICIES)})")
+    if grad_accums:
+        accums = list(grad_accums)
+    else:
+        from llada_jax.model.sharding import batch_divisor, make_mesh
+
+        accums = grad_accum_choices(config.train.batch_size, batch_divisor(make_mesh(config.mesh, devices)))
+    plans = []
+    for policy in policies:
+        for accum in accums:
+            cfg = config.replace(model=config.model.replace(remat_policy=policy),
+                                 train=config.train.replace(grad_accum=accum))
+            compiled, mesh_shape = _compile(cfg, devices)
+            plans.append(plan_report(cfg, compiled, devices, mesh_shape))
+            del compiled
+    fitting = [i for i, p in enumerate(plans) if p["fits"] and p["roofline"]["floor_s"] is not None]
+    best = min(fitting, key=lambda i: plans[i]["roofline"]["floor_s"]) if fitting else None
+    return {"topology": topology, "num_slices": num_slices, "topology_kwargs": topology_kwargs(topology, num_slices),
+            "versions": _versions(), "plans": plans, "best": best}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fmt_time(seconds) -> str:
+    return "n/a" if seconds is None else (f"{seconds * 1e3:.0f} ms" if seconds >= 0.01 else f"{seconds * 1e6:.1f} us")
+
+
+def _fmt_pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of a `compile_check` result."""
-    gib = 1024 ** 3
-    m = r["memory_per_chip"]
-    hbm = "unknown" if m["hbm"] is None else f"{m['hbm'] / gib:.1f} GiB"
+    m, fl, rl = r["memory_per_chip"], r["flops_per_chip"], r["roofline"]
+    hbm = "unknown" if m["hbm"] is None else f"{m['hbm'] / GIB:.1f} GiB"
     verdict = "unknown HBM size" if r["fits"] is None else ("FITS" if r["fits"] else "DOES NOT FIT")
+    kw = r["topology_kwargs"]
     lines = [
-        f"topology {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}), mesh "
+        f"topology {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}; "
+        f"wrap {kw['wrap']}, chips per host {kw['chips_per_host_bounds']}), mesh "
         + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
-        f"model {r['params'] / 1e9:.3f}B params, global batch {r['global_batch']} x seq {r['seq_len']}",
+        f"model {r['params'] / 1e9:.3f}B params, global batch {r['global_batch']} x seq {r['seq_len']}, "
+        f"grad_accum {r['grad_accum']}, remat {r['remat_policy']}; "
+        + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v),
         "memory per chip:",
-        f"  arguments    {m['arguments'] / gib:8.2f} GiB",
-        f"  outputs      {m['outputs'] / gib:8.2f} GiB (aliased with donated arguments: {m['aliased'] / gib:.2f} GiB)",
-        f"  temporaries  {m['temporaries'] / gib:8.2f} GiB",
-        f"  code         {m['code'] / gib:8.2f} GiB",
-        f"  total        {m['total'] / gib:8.2f} GiB of {hbm} HBM: {verdict}",
-        f"FLOPs per step: model {r['flops_per_step_model']:.3e} (global, "
-        f"{r['flops_per_step_model'] / r['num_devices']:.3e} per chip); XLA cost analysis "
-        f"{r['flops_per_step_xla_per_chip']:.3e} per chip (counts a scanned layer's body once)",
-        "collectives: " + (", ".join(f"{k} x{v}" for k, v in r["collectives"].items()) or "none"),
+        f"  arguments    {_fmt_bytes(m['arguments']):>12s}",
+        f"  outputs      {_fmt_bytes(m['outputs']):>12s} (aliased with donated arguments: {_fmt_bytes(m['aliased'])})",
+        f"  temporaries  {_fmt_bytes(m['temporaries']):>12s}",
+        f"  code         {_fmt_bytes(m['code']):>12s}",
+        f"  total        {_fmt_bytes(m['total']):>12s} of {hbm} HBM: {verdict}",
+        f"FLOPs per chip per step: model {fl['model']:.3e}, recompute {fl['recompute']:.3e}, "
+        f"XLA cost analysis {fl['xla_cost_analysis']:.3e} (counts a loop body once)",
+        "collectives per chip per step (loop trips counted):",
     ]
+    for kind, v in sorted(r["collectives"].items()):
+        lines.append(f"  {kind:18s} x{v['executions']:<6d} {_fmt_bytes(v['bytes']):>12s} results, "
+                     f"{_fmt_bytes(v['link_bytes']):>12s} sent + received over the links")
+    lines.append(f"  {'total':26s} {_fmt_bytes(r['collective_bytes_per_chip']):>12s} results, "
+                 f"{_fmt_bytes(r['link_bytes_per_chip']):>12s} sent + received over the links")
+    if r["loops_without_trip_count"]:
+        lines.append(f"  (loops without a known trip count, counted once: {r['loops_without_trip_count']})")
+    lines.append(f"HBM traffic per chip per step: {_fmt_bytes(r['hbm_bytes_per_chip'])}")
+    lines.append(f"roofline floor per step: {_fmt_time(rl['floor_s'])} ({rl['bound']}-bound: compute "
+                 f"{_fmt_time(rl['compute_s'])}, HBM {_fmt_time(rl['hbm_s'])}, ICI {_fmt_time(rl['ici_s'])}); "
+                 f"MFU ceiling {_fmt_pct(rl['mfu_ceiling'])}")
+    if r["num_slices"] > 1:
+        lines.append("  (every collective is timed at ICI bandwidth: traffic between slices over DCN is slower)")
     return "\n".join(lines)
+
+
+def format_search(s: dict[str, Any]) -> str:
+    """Table of the plans of `search_plans`, the fastest that fits marked with '*'."""
+    kw = s["topology_kwargs"]
+    head = (f"plans for {s['topology']} x{s['num_slices']} (wrap {kw['wrap']}); floor = max(compute, HBM, ICI) "
+            f"at the chip's peaks")
+    rows = [head, f"  {'remat':14s} {'accum':>5s} {'args GiB':>9s} {'temp GiB':>9s} {'total GiB':>10s} {'fits':>5s} "
+                  f"{'recompute TFLOP':>16s} {'coll GiB':>9s} {'floor':>9s} {'bound':>8s} {'MFU ceil':>9s}"]
+    for i, p in enumerate(s["plans"]):
+        m, rl = p["memory_per_chip"], p["roofline"]
+        mark = "*" if i == s["best"] else " "
+        rows.append(f"{mark} {p['remat_policy']:14s} {p['grad_accum']:5d} {m['arguments'] / GIB:9.2f} "
+                    f"{m['temporaries'] / GIB:9.2f} {m['total'] / GIB:10.2f} {'yes' if p['fits'] else 'no':>5s} "
+                    f"{p['flops_per_chip']['recompute'] / 1e12:16.1f} {p['collective_bytes_per_chip'] / GIB:9.2f} "
+                    f"{_fmt_time(rl['floor_s']):>9s} {str(rl['bound']):>8s} {_fmt_pct(rl['mfu_ceiling']):>9s}")
+    rows.append("* fastest plan that fits" if s["best"] is not None else "no plan fits")
+    return "\n".join(rows)

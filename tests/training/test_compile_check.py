@@ -1,49 +1,19 @@
 """compile-check: AOT compile of the real train step for a small TPU topology on this CPU host."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from llada_jax.training.compile_check import count_collectives, format_report
+from llada_jax.config import load_config
+from llada_jax.training.compile_check import format_report, format_search, grad_accum_choices, recompute_flops_per_token
 
 from conftest import REPO
 
-pytest.importorskip("libtpu", reason="the 'tpu' extra (libtpu) compiles for TPU topologies")
-
+TINY = REPO / "configs" / "tiny.yaml"
 OVERRIDES = ["train.steps=10", "train.warmup_steps=1", "train.decay_steps=1", "train.batch_size=8",
-             "train.seq_len=64", "mesh.fsdp=2", "mesh.tensor=2"]
-
-
-def test_count_collectives_parses_hlo():
-    hlo = """
-  %all-gather-start.1 = (f32[4]{0}, f32[8]{0}) all-gather-start(f32[4]{0} %p), replica_groups={{0,1}}
-  %ar = f32[8]{0} all-reduce(f32[8]{0} %x), to_apply=%add
-  %ar.2 = f32[8]{0} all-reduce-start(f32[8]{0} %y), to_apply=%add
-  %done = f32[8]{0} all-reduce-done(f32[8]{0} %ar.2)
-  %fusion = f32[8]{0} fusion(f32[8]{0} %all-reduce.3), kind=kLoop
-"""
-    assert count_collectives(hlo) == {"all-gather": 1, "all-reduce": 2}
-
-
-def test_compile_check_tiny_on_v5e_2x2(capsys):
-    from llada_jax.cli.main import main
-
-    rc = main(["compile-check", "--config", str(REPO / "configs" / "tiny.yaml"), "--topology", "v5e:2x2", "--json",
-               *OVERRIDES])
-    assert rc == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["num_devices"] == 4 and report["device_kind"] == "TPU v5 lite"
-    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
-    mem = report["memory_per_chip"]
-    assert mem["arguments"] > 0 and mem["total"] >= mem["arguments"] and mem["hbm"] == 16 << 30
-    assert report["fits"] is True
-    assert report["flops_per_step_xla_per_chip"] > 0
-    assert report["flops_per_step_model"] == pytest.approx(
-        3 * 8 * 64 * _tiny_flops_per_token(64), rel=1e-9)
-    # fsdp x tensor sharding needs collectives: weights gathered, gradients reduced
-    assert report["collectives"].get("all-gather", 0) + report["collectives"].get("all-reduce", 0) > 0
-    text = format_report(report)
-    assert "FITS" in text and "temporaries" in text
+             "train.seq_len=64", "mesh.fsdp=2", "mesh.tensor=2", "model.remat_policy=full"]
 
 
 def _tiny_flops_per_token(seq):
@@ -52,8 +22,73 @@ def _tiny_flops_per_token(seq):
     return 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * m) + 2 * d * v + 2 * layers * 2 * seq * d
 
 
-def test_unknown_topology_is_a_clear_error():
-    from llada_jax.training.compile_check import topology_devices
+def test_recompute_flops_per_policy():
+    model = load_config(TINY).model
+    head = 2 * 96 * 512  # the output head is never rerun
+    assert recompute_flops_per_token(model, 64, "full") == _tiny_flops_per_token(64) - head
+    assert recompute_flops_per_token(model, 64, "dots_no_batch") == 2 * 2 * 2 * 64 * 96  # q.k and p.v
+    assert recompute_flops_per_token(model, 64, "dots") == 0
+    assert recompute_flops_per_token(model, 64, "none") == 0
 
-    with pytest.raises(ValueError, match="expected <chip>:<shape>"):
-        topology_devices("v5p")
+
+def test_grad_accum_choices_keep_every_row_shard_busy():
+    assert grad_accum_choices(256, 64) == [1, 2, 4]
+    assert grad_accum_choices(8, 2) == [1, 2, 4]
+    assert grad_accum_choices(12, 4) == [1]
+
+
+def _cli(*args):
+    pytest.importorskip("libtpu", reason="the 'tpu' extra (libtpu) compiles for TPU topologies")
+    proc = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile-check", "--config", str(TINY), *args],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_compile_check_tiny_on_v4_2x2x1_json():
+    r = _cli("--topology", "v4:2x2x1", "--json", *OVERRIDES)
+    assert r["num_devices"] == 4 and r["device_kind"] == "TPU v4"
+    assert r["topology_kwargs"] == {"topology_name": "v4:2x2x1", "chip_config_name": "megacore",
+                                    "chips_per_host_bounds": [2, 2, 1], "num_slices": 1, "wrap": [False] * 3}
+    assert r["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+    m = r["memory_per_chip"]
+    assert m["total"] == m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"] + m["code"]
+    assert m["arguments"] > 0 and m["hbm"] == 32 << 30 and r["fits"] is True
+    fl = r["flops_per_chip"]
+    tokens = 8 * 64
+    assert fl["model"] == pytest.approx(3 * tokens * _tiny_flops_per_token(64) / 4, rel=1e-9)
+    assert fl["recompute"] == pytest.approx(tokens * (_tiny_flops_per_token(64) - 2 * 96 * 512) / 4, rel=1e-9)
+    # fsdp x tensor sharding needs collectives: weights gathered (per scanned layer), gradients reduced
+    c = r["collectives"]
+    assert c["all-gather"]["executions"] >= 2 and c["all-gather"]["bytes"] > 0
+    assert r["loops_without_trip_count"] == []
+    assert r["collective_bytes_per_chip"] == pytest.approx(sum(v["bytes"] for v in c.values()))
+    rl, chip = r["roofline"], r["chip"]
+    assert chip["peak_flops"] == 275e12 and chip["hbm_bandwidth"] == 1200e9
+    assert rl["compute_s"] == pytest.approx((fl["model"] + fl["recompute"]) / 275e12)
+    assert rl["ici_s"] == pytest.approx(r["link_bytes_per_chip"] / chip["ici_bandwidth"])
+    assert rl["hbm_s"] == pytest.approx(r["hbm_bytes_per_chip"] / chip["hbm_bandwidth"])
+    assert rl["floor_s"] == max(rl["compute_s"], rl["hbm_s"], rl["ici_s"]) > 0
+    assert rl["mfu_ceiling"] == pytest.approx(fl["model"] / (rl["floor_s"] * 275e12))
+    text = format_report(r)
+    assert "FITS" in text and "temporaries" in text and "roofline floor" in text
+
+
+def test_compile_check_search_marks_the_fastest_plan_that_fits():
+    s = _cli("--topology", "v4:2x2x1", "--json", "--search", "--policies", "full,dots", "--grad-accum", "2",
+             *OVERRIDES)
+    plans = s["plans"]
+    assert [(p["remat_policy"], p["grad_accum"]) for p in plans] == [("full", 2), ("dots", 2)]
+    assert all(p["fits"] for p in plans)
+    assert plans[0]["flops_per_chip"]["recompute"] > 0 and plans[1]["flops_per_chip"]["recompute"] == 0
+    floors = [p["roofline"]["floor_s"] for p in plans]
+    assert s["best"] == floors.index(min(floors))
+    table = format_search(s).splitlines()
+    assert table[2 + s["best"]].startswith("*") and sum(line.startswith("*") for line in table) == 2
+
+
+def test_unknown_topology_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile-check", "--config", str(TINY),
+                           "--topology", "v5p:4x4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "v5p slices have 3 dimensions" in proc.stderr
