@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         message = str(message).strip().splitlines()[0] if str(message).strip() else type(e).__name__
         print(f"llada-jax {args.command}: error: {message}", file=sys.stderr)
+        # Reads abandoned by the error (e.g. Orbax's pending array reads of a damaged checkpoint)
+        # would print "Exception ignored in <coroutine>" tracebacks when collected: the one line
+        # above already says what failed.
+        sys.unraisablehook = lambda unraisable: None
         return 2
 
 

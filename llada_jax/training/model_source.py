@@ -20,6 +20,7 @@ import dataclasses
 import re
 from typing import Any
 
+import jax
 from etils import epath
 
 from llada_jax.config import Config, ModelConfig, SampleConfig
@@ -148,16 +149,18 @@ def load_model(checkpoint, shardings=None, param_dtype: str | None = None) -> tu
     from llada_jax.training.checkpointer import TrainCheckpointer
 
     config = read_config(source.path)
-    cfg = config.model if param_dtype is None else config.model.replace(param_dtype=param_dtype)
-    target = abstract_params(cfg, shardings)
+    target = abstract_params(config.model, shardings)  # as saved: the fingerprints are of the saved arrays
     ckpt = TrainCheckpointer(source.path, config, async_save=False)
     try:
         pinned = isinstance(checkpoint, ModelSource) or split_step(checkpoint)[1] is not None
-        if pinned:  # RUN@STEP: that step, or an error naming it
-            return cfg, ckpt.restore_params(source.step, target)
-        return cfg, latest_good_params(ckpt, target)
+        # RUN@STEP: that step, or an error naming it; a bare run folder: its newest step that verifies
+        params = ckpt.restore_params(source.step, target) if pinned else latest_good_params(ckpt, target)
     finally:
         ckpt.close()
+    if param_dtype is None or param_dtype == config.model.param_dtype:
+        return config.model, params
+    cfg = config.model.replace(param_dtype=param_dtype)
+    return cfg, jax.tree.map(lambda x: x.astype(param_dtype), params)
 
 
 def latest_good_params(ckpt, target_params):

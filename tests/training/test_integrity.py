@@ -148,7 +148,10 @@ def test_export_of_a_damaged_checkpoint_is_one_line(runs, tmp_path):
     base, _ = runs
     run_dir = tmp_path / "run"
     shutil.copytree(base, run_dir)
-    _truncate(_largest(run_dir / "6"))
+    for root, _, files in os.walk(run_dir / "6" / "state"):  # every data file: the params are damaged too
+        for name in files:
+            if os.path.basename(root) == "d":
+                _truncate(os.path.join(root, name))
     out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "export", str(run_dir), str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr

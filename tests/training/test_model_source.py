@@ -2,7 +2,6 @@
 load the same params the run saved; config, sampler settings and tokenizer come from the run's
 config as from an export's; paths that are none of the three, and missing steps, fail in one line."""
 
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from llada_jax.config import MeshConfig, SampleConfig, load_config
 from llada_jax.io.checkpoint import save_params
+from llada_jax.io.paths import as_path
 from llada_jax.model.sharding import make_mesh, param_shardings
 from llada_jax.training.checkpointer import TrainCheckpointer
 from llada_jax.training.loop import load_initial_params
@@ -52,7 +52,7 @@ def run(tmp_path_factory, tiny_params):
 
 
 def test_split_step():
-    assert split_step("runs/q/run@300") == (Path("runs/q/run"), 300)
+    assert split_step("runs/q/run@300") == (as_path("runs/q/run"), 300)
     assert split_step("runs/q/run")[1] is None and split_step("a@b")[1] is None
 
 

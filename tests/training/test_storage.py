@@ -183,14 +183,14 @@ def test_two_processes_checkpoint_to_a_bucket(pod_bucket, tmp_path):
 
 
 def test_sweep_outputs_on_a_bucket(bucket):
-    from llada_jax.evaluation.sweep import CSV_NAME, plot_rows, read_rows, write_table
+    from llada_jax.evaluation.sweep import COLUMNS, CSV_NAME, plot_rows, read_rows, write_table
     from llada_jax.io.paths import as_path, write_text
 
     out = as_path(bucket) / "sweep"
     rows = [{"steps": s, "family": "low_confidence", "status": "ok", "accuracy": a, "model_calls": s,
              "tokens_per_s": 10.0 * s, "seconds": 1.0} for s, a in ((4, 0.5), (8, 0.75))]
-    write_text(out / CSV_NAME, "steps,accuracy\n4,0.5\n")
-    assert read_rows(out / CSV_NAME) == [{"steps": "4", "accuracy": "0.5"}]
+    write_text(out / CSV_NAME, ",".join(COLUMNS) + "\n" + ",".join("4" if c == "steps" else "" for c in COLUMNS) + "\n")
+    assert [r["steps"] for r in read_rows(out / CSV_NAME)] == ["4"]
     assert "| 8 | 0.750 |" in write_table(rows, out / "table.md", ["steps"]).read_text()
     calls, speed = plot_rows(rows, out, ["steps"])
     assert calls.read_bytes()[:4] == b"\x89PNG" and speed.exists()
