@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from llada_jax.cli.options import add_model_flags, add_sampler_flags, checkpoint_tokenizer, eval_mesh, sample_flags
@@ -123,7 +122,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from llada_jax.evaluation.sweep import (CSV_NAME, PLOT_CALLS, PLOT_SPEED, TABLE_NAME, count_cells, grid_cells,
                                             parse_grid, run_sweep)
-    from llada_jax.io.paths import as_path, is_remote
+    from llada_jax.io.paths import as_path, path_str
 
     grid = parse_grid(args.grid)          # bad keys / values fail here, before anything loads
     task = _task(args)
@@ -139,7 +138,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     rows = run_sweep(params, cfg, tokenizer, task, grid, args.out, base=settings, batch_size=args.batch_size,
                      seed=args.seed, chat=not args.no_chat, mesh=eval_mesh(args.mesh), on_cell=on_cell,
-                     checkpoint=str(args.checkpoint) if is_remote(args.checkpoint) else os.path.abspath(args.checkpoint))
+                     checkpoint=path_str(args.checkpoint))
     bar.close()
     out = as_path(args.out)
     print((out / TABLE_NAME).read_text())
