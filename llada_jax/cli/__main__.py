@@ -1,7 +1,5 @@
 """`python -m llada_jax.cli ...` is the `llada-jax` command."""
 
-import sys
+from llada_jax.cli.main import run
 
-from llada_jax.cli.main import main
-
-sys.exit(main())
+run()

@@ -8,6 +8,7 @@ local or on a bucket (`gs://...`, through `llada_jax.io.paths`).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import yaml
@@ -17,6 +18,27 @@ from llada_jax.io.paths import PathLike, as_path, is_file, path_str, write_text
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.yaml"
+
+
+def quiet_abandoned_reads() -> None:
+    """Drop the "Event loop is closed" reports of Orbax reads abandoned after another read failed.
+
+    When one array of a damaged checkpoint fails to read, Orbax closes its event loop while
+    tensorstore still has the other reads in flight; each then completes into the closed loop
+    and Python reports it as an unraisable RuntimeError traceback, around the one error that
+    says what failed. Installed once per process, before reading; every other unraisable
+    exception still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.quiets_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 def abstract_params(cfg: ModelConfig, shardings=None):
@@ -75,6 +97,7 @@ def load_params(path: PathLike, shardings=None, param_dtype: str | None = None):
         raise FileNotFoundError(f"{path_str(path)}: missing the '{PARAMS_DIR}/' directory of a params export")
     target = abstract_params(cfg, shardings)
     checkpointer = ocp.StandardCheckpointer()
+    quiet_abandoned_reads()
     try:
         params = checkpointer.restore(path / PARAMS_DIR, target)
     except (ValueError, KeyError) as e:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 
 from llada_jax.config import Config, ConfigError, MeshConfig, ModelConfig, config_from_dict
-from llada_jax.io.checkpoint import CONFIG_FILE, read_config, write_config
+from llada_jax.io.checkpoint import CONFIG_FILE, quiet_abandoned_reads, read_config, write_config
 from llada_jax.io.paths import PathLike, as_path, is_file, is_lead, path_str
 from llada_jax.training import integrity
 
@@ -114,6 +114,7 @@ class TrainCheckpointer:
     def check_compatible(self, step: int, target_state) -> None:
         """Raise `IncompatibleCheckpointError` naming what differs from the current config."""
         problems = arch_differences(self.step_config(step).model, self.config.model)
+        quiet_abandoned_reads()
         if not problems:
             try:
                 import orbax.checkpoint as ocp

@@ -152,16 +152,13 @@ def test_export_of_a_damaged_checkpoint_is_one_line(runs, tmp_path):
         for name in files:
             if os.path.basename(root) == "d":
                 _truncate(os.path.join(root, name))
-    # Orbax's abandoned async reads can crash the interpreter's shutdown ("Event loop is closed")
-    # after the one-line error, now and then: the CLI's own behaviour is what is checked, up to 3 tries.
-    for _ in range(3):
+    # Many array reads fail at once here: the reads Orbax abandons must not add tracebacks (several tries: timing).
+    for _ in range(2):
         out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "export", str(run_dir), str(tmp_path / "out")],
                              capture_output=True, text=True, timeout=300)
-        if out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1:
-            break
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().startswith("llada-jax export: error: checkpoint step 6: ") and \
-        len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().startswith("llada-jax export: error: checkpoint step 6: ") and \
+            len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "out").exists()
 
 
