@@ -3,8 +3,8 @@
 All functions are pure and jittable. The losses take either full logits (`pretrain_loss`,
 `sft_loss`: the reference formulas) or per-position cross entropies (`*_from_ce`), which the
 train step gets from `head_cross_entropy`: the output head applied to the final hidden states
-one sequence chunk at a time, so the [B, L, V] float32 logits never exist, forward or backward.
- The release's "1% of batches are cut to a random length"
+one sequence chunk at a time forward and one vocabulary slice at a time backward, so the
+[B, L, V] float32 logits never exist. The release's "1% of batches are cut to a random length"
 cannot change a static shape under jit, so `random_length_mask` returns which positions are
 kept; dropped positions are neither attended to, masked, nor counted, which is what cutting
 the batch does (RoPE positions of the kept prefix are unchanged).
@@ -110,14 +110,15 @@ def _ce_and_lse(hidden, head, targets):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def head_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk_size: int) -> jax.Array:
-    """`token_cross_entropy(head_logits(hidden, head), targets)`, [B, L] float32, computed
-    `chunk_size` positions at a time.
+    """`token_cross_entropy(head_logits(hidden, head), targets)`, [B, L] float32, with no more than
+    about `chunk_size` x V float32 logits per row at a time.
 
-    Forward and backward hold one chunk's [B, chunk, V] float32 logits at a time; the head's
-    gradient is accumulated over chunks in float32 and rounded to the head's dtype once. Under a
-    mesh the head is gathered whole over its `embed` shards once per pass, not once per chunk;
-    each chunk's head gradient is reduce-scattered onto the head's shards (fewer, larger chunks:
-    less of that traffic, more memory per chunk).
+    The forward pass goes `chunk_size` positions at a time. The backward pass goes over vocabulary
+    slices of the same size (V * chunk_size / L entries, all positions): each slice of the head's
+    gradient is complete when it is made, so under a mesh it is reduced onto the head's shards
+    exactly once, in the compute dtype, as every other weight's gradient is (a sequence-chunked
+    backward reduces a partial head gradient once per chunk). The head is gathered whole over its
+    `embed` shards once per pass.
     """
     return _head_ce_fwd(hidden, head, targets, chunk_size)[0]
 
@@ -135,26 +136,39 @@ def _head_ce_fwd(hidden, head, targets, chunk_size):
     return _from_chunks(ce, length), (hidden, head, targets, _from_chunks(lse, length))
 
 
+def vocab_slices(vocab: int, length: int, chunk_size: int) -> tuple[int, int]:
+    """`(n, width)`: the backward pass's vocabulary slices, as many logits as a `chunk_size`-position
+    chunk holds (width a multiple of 128, n * width >= vocab)."""
+    n = max(1, -(-length // max(1, min(chunk_size, length))))
+    width = -(-vocab // n)
+    width = min(-(-width // 128) * 128, vocab) if vocab >= 128 else vocab
+    return -(-vocab // width), width
+
+
 def _head_ce_bwd(chunk_size, residuals, grad):
     hidden, head, targets, lse = residuals
-    length = hidden.shape[1]
-    chunk = min(chunk_size, length)
+    vocab = head.shape[1]
+    n, width = vocab_slices(vocab, hidden.shape[1], chunk_size)
     whole = nn.with_logical_constraint(head, _HEAD_GATHERED)
+    if n * width > vocab:
+        whole = jnp.pad(whole, ((0, 0), (0, n * width - vocab)))
+    slices = jnp.moveaxis(whole.reshape(whole.shape[0], n, width), 1, 0)  # [n, D, width]
+    g = grad.astype(jnp.float32)[..., None]
 
-    def body(dhead, xs):
-        h, t, l, g = xs
-        logits = head_logits(h, whole)
-        probs = jnp.exp(logits - l[..., None])
-        dlogits = g[..., None] * (probs - jax.nn.one_hot(t, head.shape[1], dtype=jnp.float32))
-        dlogits = dlogits.astype(h.dtype)
-        dh = jnp.einsum("btv,dv->btd", dlogits, whole, preferred_element_type=jnp.float32).astype(h.dtype)
-        dhead = dhead + jnp.einsum("btd,btv->dv", h, dlogits, preferred_element_type=jnp.float32)
-        return nn.with_logical_constraint(dhead, _HEAD_AXES), dh
+    def body(dhidden, xs):
+        w, first = xs
+        logits = head_logits(hidden, w)
+        columns = first + jnp.arange(width)
+        probs = jnp.where(columns < vocab, jnp.exp(logits - lse[..., None]), 0.0)
+        dlogits = (g * (probs - (targets[..., None] == columns))).astype(hidden.dtype)
+        dhidden = dhidden + jnp.einsum("btv,dv->btd", dlogits, w, preferred_element_type=jnp.float32)
+        dw = jnp.einsum("btd,btv->dv", hidden, dlogits, preferred_element_type=jnp.float32).astype(hidden.dtype)
+        return dhidden, nn.with_logical_constraint(dw, _HEAD_AXES)
 
-    dhead0 = nn.with_logical_constraint(jnp.zeros(head.shape, jnp.float32), _HEAD_AXES)
-    chunks = tuple(_to_chunks(x, chunk) for x in (hidden, targets, lse, grad.astype(jnp.float32)))
-    dhead, dhidden = jax.lax.scan(body, dhead0, chunks)
-    return _from_chunks(dhidden, length), dhead.astype(head.dtype), None
+    dhidden0 = jnp.zeros(hidden.shape, jnp.float32)
+    dhidden, dslices = jax.lax.scan(body, dhidden0, (slices, jnp.arange(n) * width))
+    dhead = jnp.moveaxis(dslices, 0, 1).reshape(head.shape[0], n * width)[:, :vocab]
+    return dhidden.astype(hidden.dtype), nn.with_logical_constraint(dhead, _HEAD_AXES).astype(head.dtype), None
 
 
 head_cross_entropy.defvjp(_head_ce_fwd, _head_ce_bwd)

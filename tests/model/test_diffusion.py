@@ -7,7 +7,7 @@ import pytest
 
 from llada_jax.model.diffusion import (forward_process, head_cross_entropy, map_sequence_chunks, pretrain_loss,
                                        pretrain_loss_from_ce, random_length_mask, sft_forward_process, sft_loss,
-                                       sft_loss_from_ce, token_cross_entropy)
+                                       sft_loss_from_ce, token_cross_entropy, vocab_slices)
 from llada_jax.model.transformer import head_logits
 
 MASK = 9
@@ -106,9 +106,12 @@ def _hidden_head_targets(dtype, b=2, length=11, d=16, v=50, seed=0):
     return hidden, head, jax.random.randint(ks[2], (b, length), 0, v)
 
 
-def test_head_cross_entropy_equals_full_logits_with_gradients():
-    """Chunks of 4 over 11 positions (a ragged last chunk): value and gradients as the full logits give."""
-    hidden, head, targets = _hidden_head_targets(jnp.float32)
+@pytest.mark.parametrize("vocab, slices", [(50, (1, 50)), (300, (3, 128)), (1024, (3, 384))])
+def test_head_cross_entropy_equals_full_logits_with_gradients(vocab, slices):
+    """Chunks of 4 over 11 positions (a ragged last chunk); the backward's vocabulary slices one,
+    several with the last one padded: value and gradients as the full logits give."""
+    hidden, head, targets = _hidden_head_targets(jnp.float32, v=vocab)
+    assert vocab_slices(vocab, 11, 4) == slices
     weights = jnp.cos(jnp.arange(11.0))[None, :]
     chunked = lambda h, w: jnp.sum(head_cross_entropy(h, w, targets, 4) * weights)  # noqa: E731
     full = lambda h, w: jnp.sum(token_cross_entropy(head_logits(h, w), targets) * weights)  # noqa: E731
