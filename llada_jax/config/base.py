@@ -35,6 +35,15 @@ def check_choice(where: str, name: str, value: Any, options: Sequence[str]) -> N
                           f"{did_you_mean(str(value), options)}")
 
 
+def format_value(value: Any) -> str:
+    """A setting as a command line or a table writes it (`none`, `0.9`), which `coerce` reads back."""
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
     origin = typing.get_origin(annotation)

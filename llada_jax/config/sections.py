@@ -57,7 +57,7 @@ class ModelConfig(Section):
     param_dtype: str = "float32"     # storage dtype of the parameters
     remat_policy: str = "none"       # one of REMAT_POLICIES
     attention_impl: str = "xla"      # one of ATTENTION_IMPLS (model/attention.py)
-    loss_chunk_size: int = 512       # sequence positions per output-head chunk in the loss / likelihood
+    loss_chunk_size: int = 512       # positions per output-head chunk in the loss / likelihood (logits held at a time)
     init_std: float = 0.02
 
     @property

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from llada_jax.config import SAMPLE_FIELDS, ConfigError, SampleConfig, did_you_mean
-from llada_jax.config.base import coerce
+from llada_jax.config.base import coerce, format_value
 
 # The release's option names -> ours (eval_llada.py, opencompass/models/dllm.py).
 ALIASES = {
@@ -76,8 +76,8 @@ class RecipeRow:
 
     def settings_text(self) -> str:
         """The row's own settings as `name=value` words (what distinguishes it in a summary)."""
-        words = [f"num_fewshot={_fmt(self.num_fewshot)}"] if self.num_fewshot is not None else []
-        words += [f"{k}={_fmt(v)}" for k, v in self.explicit]
+        words = [f"num_fewshot={format_value(self.num_fewshot)}"] if self.num_fewshot is not None else []
+        words += [f"{k}={format_value(v)}" for k, v in self.explicit]
         if self.apply_chat_template:
             words.append("chat")
         return " ".join(words)
@@ -103,14 +103,6 @@ class Recipe:
                                   f"rows: {', '.join(self.rows)}")
             out.append(self.rows[name])
         return out
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def _settings(raw: Mapping, where: str) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from llada_jax.config import REMASKING, SAMPLE_FIELDS, ConfigError, SampleConfig
-from llada_jax.config.base import NONE_WORDS, check_choice, coerce
+from llada_jax.config.base import NONE_WORDS, check_choice, coerce, format_value
 
 RUN_FIELDS = ("checkpoint", "task", "num_examples", "seed", "batch_size", "chat")
 METRICS = ("accuracy", "model_calls", "tokens_per_s", "seconds", "compile_seconds")
@@ -116,22 +116,14 @@ def grid_cells(base: SampleConfig | Mapping, grid: Mapping[str, Sequence]) -> li
 
 def family_of(settings: Mapping, grid_names: Sequence[str]) -> str:
     """The plot line of a cell: its grid options except `steps` (or 'all' if only steps vary)."""
-    parts = [f"{n}={_fmt(settings[n])}" for n in grid_names if n != "steps"]
+    parts = [f"{n}={format_value(settings[n])}" for n in grid_names if n != "steps"]
     return ", ".join(parts) or "all"
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def cell_key(run: Mapping, settings: Mapping) -> str:
     """The identity of a cell for resuming: run fields and every sampler option."""
-    return ";".join(f"{k}={_fmt(run[k])}" for k in RUN_FIELDS) + ";" + \
-        ";".join(f"{k}={_fmt(settings[k])}" for k in SAMPLE_FIELDS)
+    return ";".join(f"{k}={format_value(run[k])}" for k in RUN_FIELDS) + ";" + \
+        ";".join(f"{k}={format_value(settings[k])}" for k in SAMPLE_FIELDS)
 
 
 def read_rows(path) -> list[dict]:
@@ -166,7 +158,7 @@ def _append_row(path, row: Mapping) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     if not old:
         writer.writeheader()
-    writer.writerow({k: _fmt(row.get(k)) if not isinstance(row.get(k), str) else row[k] for k in COLUMNS})
+    writer.writerow({k: format_value(row.get(k)) if not isinstance(row.get(k), str) else row[k] for k in COLUMNS})
     write_text(path, old + buffer.getvalue())  # whole-file write: a bucket object cannot be appended to
 
 
@@ -267,7 +259,7 @@ def write_table(rows: Sequence[Mapping], path: Path, grid_names: Sequence[str]) 
 
 
 def _fmt_cell(v) -> str:
-    return _fmt(v) if not isinstance(v, str) else v
+    return format_value(v) if not isinstance(v, str) else v
 
 
 def plot_rows(rows: Sequence[Mapping], out_dir: Path, grid_names: Sequence[str]) -> tuple[Path, Path]:

@@ -64,3 +64,14 @@ def test_sample_config_rules():
         SampleConfig.from_dict({"gen_length": 100})
     with pytest.raises(ConfigError, match=r"threshold: 1.5 is outside \(0, 1\]"):
         SampleConfig.from_dict({"threshold": 1.5})
+
+
+def test_format_value_is_read_back_by_coerce():
+    from typing import Optional
+
+    from llada_jax.config.base import coerce, format_value
+
+    assert [format_value(v) for v in (None, 0.9, 1e-4, 32, "low_confidence")] == \
+        ["none", "0.9", "0.0001", "32", "low_confidence"]
+    for value, annotation in ((None, Optional[float]), (0.9, float), (1e-4, float), (32, int), ("x", str)):
+        assert coerce(format_value(value), annotation, "test") == value
