@@ -96,9 +96,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       ll_batch_size=args.ll_batch_size)
     summary = {**result.summary(), "sample": sample.to_dict()}
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump({**summary, "outputs": list(result.outputs)}, f, indent=1)
+        from llada_jax.io.paths import write_text
+
+        write_text(args.output, json.dumps({**summary, "outputs": list(result.outputs)}, indent=1))
     print(json.dumps(summary))
     print(f"{task.name}: accuracy {result.accuracy:.3f} ({result.correct}/{result.num_examples}), "
           f"{result.model_calls} model calls/answer, {result.tokens_per_s:.1f} tokens/s, "
@@ -113,7 +113,7 @@ def _add_eval(sub) -> None:
     add_sampler_flags(p)
     p.add_argument("--mc-num", type=int, default=128, help="choice tasks: Monte Carlo samples per choice")
     p.add_argument("--ll-batch-size", type=int, default=16, help="choice tasks: Monte Carlo minibatch")
-    p.add_argument("--output", type=Path, default=None, help="write the summary and every output as JSON")
+    p.add_argument("--output", default=None, help="write the summary and every output as JSON (a path or URL)")
     p.set_defaults(func=_cmd_eval)
 
 

@@ -137,7 +137,10 @@ def test_pod_journey_on_a_bucket(pod_bucket, tmp_path):
     sample = ["--gen-length", "8", "--steps", "4", "--block-length", "8"]
     _cli("generate", "--checkpoint", f"{bucket}/exp_params", "--tokenizer", tok, "--prompt", "The", *sample, cwd=cwd)
     _cli("eval", "--checkpoint", f"{bucket}/exp_hf", "--tokenizer", tok, "--task", "reverse", "--num-examples", "2",
-         "--batch-size", "2", *sample, cwd=cwd)
+         "--batch-size", "2", *sample, "--output", f"{bucket}/eval/reverse.json", cwd=cwd)
+    from llada_jax.io.paths import as_path
+
+    assert len(json.loads(as_path(f"{bucket}/eval/reverse.json").read_text())["outputs"]) == 2
 
     assert list(cwd.iterdir()) == [], "nothing of the run on local disk"
     assert not (REPO / "gs:").exists()
