@@ -24,16 +24,20 @@ PLANS = (
 GIB = 1024 ** 3
 
 
+def _gib(x):
+    return None if x is None else x / GIB
+
+
 def _row(name: str, topology: str, r: dict, seconds: float) -> dict:
     m, rl = r["memory_per_chip"], r["roofline"]
     return {
         "plan": name, "topology": topology, "chips": r["num_devices"], "remat": r["remat_policy"],
         "grad_accum": r["grad_accum"], "batch": f"{r['global_batch']}x{r['seq_len']}",
-        "args_gib": m["arguments"] / GIB, "temp_gib": m["temporaries"] / GIB, "total_gib": m["total"] / GIB,
-        "hbm_gib": None if m["hbm"] is None else m["hbm"] / GIB, "fits": r["fits"],
-        "collective_gib": r["collective_bytes_per_chip"] / GIB,
+        "args_gib": _gib(m["arguments"]), "temp_gib": _gib(m["temporaries"]), "total_gib": _gib(m["total"]),
+        "required_gib": _gib(m.get("required")), "hbm_gib": _gib(m["hbm"]), "fits": r["fits"],
+        "collective_gib": _gib(r["collective_bytes_per_chip"]),
         "collectives": {k: {"executions": v["executions"], "gib": v["bytes"] / GIB} for k, v in r["collectives"].items()},
-        "hbm_traffic_gib": r["hbm_bytes_per_chip"] / GIB,
+        "hbm_traffic_gib": _gib(r["hbm_bytes_per_chip"]),
         "floor_ms": None if rl["floor_s"] is None else rl["floor_s"] * 1e3, "bound": rl["bound"],
         "mfu_ceiling": rl["mfu_ceiling"], "compile_s": seconds,
     }
@@ -44,6 +48,12 @@ def markdown(rows: list[dict], versions: dict) -> str:
             "collectives per chip per step | floor per step | MFU ceiling |\n|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
+        if r["total_gib"] is None:  # refused by the compiler: out of HBM
+            need = "?" if r["required_gib"] is None else f"{r['required_gib']:.1f}"
+            lines.append(f"| {r['plan']} {r['batch']} | {r['topology']} ({r['chips']} chips) | {r['remat']} / "
+                         f"{r['grad_accum']} | does not fit: the compiler needs {need} GiB of temporaries, "
+                         f"HBM {r['hbm_gib']:.0f} | n/a | n/a | n/a |")
+            continue
         coll = " + ".join(f"{k} {v['gib']:.1f} GiB (x{v['executions']})" for k, v in sorted(r["collectives"].items()))
         floor = "n/a" if r["floor_ms"] is None else f"{r['floor_ms']:.0f} ms ({r['bound']})"
         mfu = "n/a" if r["mfu_ceiling"] is None else f"{100 * r['mfu_ceiling']:.1f}%"

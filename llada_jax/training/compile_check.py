@@ -10,12 +10,15 @@ and the MFU ceiling it implies. Nothing is allocated: a team can tell whether a 
 how fast it can possibly run, before booking a pod.
 
 `search_plans` compiles the same run under each remat policy and microbatch split
-(`train.grad_accum`) and marks the plan with the lowest floor that fits.
+(`train.grad_accum`) and marks the plan with the lowest floor that fits. A plan that the TPU
+compiler itself refuses for lack of HBM (its compile-time out-of-memory check) is reported as
+not fitting, with the memory the compiler said it needs, not raised.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from typing import Any, Sequence
 
 from llada_jax.config import REMAT_POLICIES, Config, ModelConfig
@@ -51,37 +54,49 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+class CompileOutOfMemory(Exception):
+    """The TPU compiler refused the program: its buffers exceed the chip's HBM at compile time."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.required = _size_after(message, "required for HLO temporaries")
+        self.available = _size_after(message, "available HBM")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size_after(message: str, words: str) -> int | None:
+    """The byte size XLA prints as `<words> (129.12G)`, or None."""
+    m = re.search(re.escape(words) + r"\s*\(([\d.]+)\s*([KMGT]?)i?B?\)", message)
+    return None if m is None else int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
 def _compile(config: Config, devices: list):
     from llada_jax.model.sharding import make_mesh
     from llada_jax.training.step import abstract_batch, abstract_state, make_train_step
 
     mesh = make_mesh(config.mesh, devices)
     step = make_train_step(config, mesh)
-    compiled = step.lower(abstract_state(config, mesh), abstract_batch(config.train, mesh)).compile()
+    lowered = step.lower(abstract_state(config, mesh), abstract_batch(config.train, mesh))
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # jax.errors.JaxRuntimeError; the compile-time OOM is only told apart by its text
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" in text and "HBM" in text:
+            raise CompileOutOfMemory(text.strip().splitlines()[0]) from None
+        raise
     return compiled, dict(mesh.shape)
 
 
-def plan_report(config: Config, compiled, devices: list, mesh_shape: dict[str, int]) -> dict[str, Any]:
-    """Memory, FLOPs, collectives, HBM traffic and roofline of one compiled train step, per chip."""
-    mem = compiled.memory_analysis()
-    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
-    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
-    code = int(mem.generated_code_size_in_bytes)
-    total = args + out - alias + temp + code
+def _plan_facts(config: Config, devices: list, mesh_shape: dict[str, int]) -> dict[str, Any]:
+    """What a plan is and what it computes, per chip: known without compiling it."""
     kind = devices[0].device_kind
-    spec = chip_spec(kind)
     n = len(devices)
-    stats = hlo_step_stats(compiled.as_text(), n)
-    cost = compiled.cost_analysis() or {}
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
     train = config.train
     model_flops = flops_per_step(config.model, train) / n
     recompute = recompute_flops_per_token(config.model, train.seq_len, config.model.remat_policy) \
         * train.tokens_per_step / n
-    collective_bytes = sum(v["bytes"] for v in stats["collectives"].values())
-    link_bytes = sum(v["link_bytes"] for v in stats["collectives"].values())
-    hbm = spec["hbm_bytes"]
     return {
         "device_kind": kind,
         "num_devices": n,
@@ -91,29 +106,77 @@ def plan_report(config: Config, compiled, devices: list, mesh_shape: dict[str, i
         "grad_accum": train.grad_accum,
         "remat_policy": config.model.remat_policy,
         "params": config.model.num_params(),
+        "flops_per_chip": {"model": model_flops, "recompute": recompute, "executed": model_flops + recompute,
+                           "xla_cost_analysis": None},
+        "flops_per_step_model": model_flops * n,
+        "chip": chip_spec(kind),
+    }
+
+
+def plan_report(config: Config, compiled, devices: list, mesh_shape: dict[str, int]) -> dict[str, Any]:
+    """Memory, FLOPs, collectives, HBM traffic and roofline of one compiled train step, per chip."""
+    facts = _plan_facts(config, devices, mesh_shape)
+    spec, fl = facts["chip"], facts["flops_per_chip"]
+    mem = compiled.memory_analysis()
+    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    code = int(mem.generated_code_size_in_bytes)
+    total = args + out - alias + temp + code
+    stats = hlo_step_stats(compiled.as_text(), len(devices))
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    fl["xla_cost_analysis"] = float(cost.get("flops", float("nan")))
+    collective_bytes = sum(v["bytes"] for v in stats["collectives"].values())
+    link_bytes = sum(v["link_bytes"] for v in stats["collectives"].values())
+    hbm = spec["hbm_bytes"]
+    return {
+        **facts,
         "memory_per_chip": {"arguments": args, "outputs": out, "aliased": alias, "temporaries": temp,
                             "code": code, "total": total, "hbm": hbm},
         "fits": None if hbm is None else total <= hbm,
-        "flops_per_chip": {"model": model_flops, "recompute": recompute, "executed": model_flops + recompute,
-                           "xla_cost_analysis": float(cost.get("flops", float("nan")))},
-        "flops_per_step_model": model_flops * n,
         "collectives": stats["collectives"],
         "collective_bytes_per_chip": collective_bytes,
         "link_bytes_per_chip": link_bytes,
         "hbm_bytes_per_chip": stats["hbm_bytes"],
         "loops_without_trip_count": stats["unknown_loops"],
-        "chip": spec,
-        "roofline": roofline(flops=model_flops + recompute, hbm_bytes_accessed=stats["hbm_bytes"],
-                             ici_bytes=link_bytes, model_flops=model_flops, spec=spec),
+        "roofline": roofline(flops=fl["executed"], hbm_bytes_accessed=stats["hbm_bytes"],
+                             ici_bytes=link_bytes, model_flops=fl["model"], spec=spec),
     }
+
+
+def refused_plan_report(config: Config, devices: list, error: CompileOutOfMemory) -> dict[str, Any]:
+    """`plan_report`'s fields for a plan the compiler refused for lack of HBM: it does not fit; the
+    compiler's own figure of what it needed is `memory_per_chip.required`; compiled figures are None."""
+    from llada_jax.model.sharding import make_mesh
+
+    facts = _plan_facts(config, devices, dict(make_mesh(config.mesh, devices).shape))
+    return {
+        **facts,
+        "memory_per_chip": {"arguments": None, "outputs": None, "aliased": None, "temporaries": None, "code": None,
+                            "total": None, "required": error.required, "hbm": facts["chip"]["hbm_bytes"]},
+        "fits": False,
+        "compile_error": str(error),
+        "collectives": {}, "collective_bytes_per_chip": None, "link_bytes_per_chip": None,
+        "hbm_bytes_per_chip": None, "loops_without_trip_count": [],
+        "roofline": {"compute_s": None, "hbm_s": None, "ici_s": None, "floor_s": None, "bound": None,
+                     "mfu_ceiling": None},
+    }
+
+
+def _plan(config: Config, devices: list) -> dict[str, Any]:
+    try:
+        compiled, mesh_shape = _compile(config, devices)
+    except CompileOutOfMemory as e:
+        return refused_plan_report(config, devices, e)
+    return plan_report(config, compiled, devices, mesh_shape)
 
 
 def compile_check(config: Config, topology: str, *, num_slices: int = 1) -> dict[str, Any]:
     """Compile the train step for `topology` x `num_slices`; return its per-chip, per-step report."""
     devices = topology_devices(topology, num_slices)
-    compiled, mesh_shape = _compile(config, devices)
     return {"topology": topology, "num_slices": num_slices, "topology_kwargs": topology_kwargs(topology, num_slices),
-            "versions": _versions(), **plan_report(config, compiled, devices, mesh_shape)}
+            "versions": _versions(), **_plan(config, devices)}
 
 
 def grad_accum_choices(batch_size: int, row_shards: int) -> list[int]:
@@ -144,9 +207,7 @@ def search_plans(config: Config, topology: str, *, num_slices: int = 1, policies
         for accum in accums:
             cfg = config.replace(model=config.model.replace(remat_policy=policy),
                                  train=config.train.replace(grad_accum=accum))
-            compiled, mesh_shape = _compile(cfg, devices)
-            plans.append(plan_report(cfg, compiled, devices, mesh_shape))
-            del compiled
+            plans.append(_plan(cfg, devices))
     fitting = [i for i, p in enumerate(plans) if p["fits"] and p["roofline"]["floor_s"] is not None]
     best = min(fitting, key=lambda i: plans[i]["roofline"]["floor_s"]) if fitting else None
     return {"topology": topology, "num_slices": num_slices, "topology_kwargs": topology_kwargs(topology, num_slices),
@@ -172,6 +233,11 @@ def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of a `compile_check` result."""
     m, fl, rl = r["memory_per_chip"], r["flops_per_chip"], r["roofline"]
     hbm = "unknown" if m["hbm"] is None else f"{m['hbm'] / GIB:.1f} GiB"
+    if r.get("compile_error"):
+        need = "more than the chip has" if m.get("required") is None else f"{_fmt_bytes(m['required'])} of temporaries"
+        return (f"topology {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}), remat "
+                f"{r['remat_policy']}, grad_accum {r['grad_accum']}: DOES NOT FIT: the compiler needs {need}, "
+                f"HBM {hbm} per chip\n  ({r['compile_error']})")
     verdict = "unknown HBM size" if r["fits"] is None else ("FITS" if r["fits"] else "DOES NOT FIT")
     kw = r["topology_kwargs"]
     lines = [
@@ -217,6 +283,11 @@ def format_search(s: dict[str, Any]) -> str:
     for i, p in enumerate(s["plans"]):
         m, rl = p["memory_per_chip"], p["roofline"]
         mark = "*" if i == s["best"] else " "
+        if p.get("compile_error"):
+            need = "?" if m.get("required") is None else f"{m['required'] / GIB:.2f}"
+            rows.append(f"{mark} {p['remat_policy']:14s} {p['grad_accum']:5d} {'':>9s} {need:>9s} {'':>10s} {'no':>5s} "
+                        f"{p['flops_per_chip']['recompute'] / 1e12:16.1f}   (refused by the compiler: out of HBM)")
+            continue
         rows.append(f"{mark} {p['remat_policy']:14s} {p['grad_accum']:5d} {m['arguments'] / GIB:9.2f} "
                     f"{m['temporaries'] / GIB:9.2f} {m['total'] / GIB:10.2f} {'yes' if p['fits'] else 'no':>5s} "
                     f"{p['flops_per_chip']['recompute'] / 1e12:16.1f} {p['collective_bytes_per_chip'] / GIB:9.2f} "

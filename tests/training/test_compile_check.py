@@ -37,12 +37,12 @@ def test_grad_accum_choices_keep_every_row_shard_busy():
     assert grad_accum_choices(12, 4) == [1]
 
 
-def _cli(*args):
+def _cli(*args, status=0):
     pytest.importorskip("libtpu", reason="the 'tpu' extra (libtpu) compiles for TPU topologies")
     proc = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile-check", "--config", str(TINY), *args],
                           capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == status, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if "--json" in args else proc.stdout
 
 
 def test_compile_check_tiny_on_v4_2x2x1_json():
@@ -85,6 +85,22 @@ def test_compile_check_search_marks_the_fastest_plan_that_fits():
     assert s["best"] == floors.index(min(floors))
     table = format_search(s).splitlines()
     assert table[2 + s["best"]].startswith("*") and sum(line.startswith("*") for line in table) == 2
+
+
+# Rows of 65536 tokens without remat: the attention scores alone are far beyond a v4 chip's 32 GiB.
+HUGE = [*OVERRIDES[:4], "train.seq_len=65536", "model.max_seq_len=65536", "mesh.fsdp=2", "mesh.tensor=2",
+        "model.attention_impl=xla", "model.remat_policy=none"]
+
+
+def test_a_plan_the_compiler_refuses_for_lack_of_hbm_does_not_fit():
+    r = _cli("--topology", "v4:2x2x1", "--json", *HUGE, status=1)
+    m = r["memory_per_chip"]
+    assert r["fits"] is False and "RESOURCE_EXHAUSTED" in r["compile_error"]
+    assert m["required"] > m["hbm"] == 32 << 30 and m["total"] is None and r["roofline"]["floor_s"] is None
+    assert r["flops_per_chip"]["model"] > 0  # what the plan computes is known without compiling it
+    text = _cli("--topology", "v4:2x2x1", "--search", "--policies", "none", "--grad-accum", "1", *HUGE, status=1)
+    assert "refused by the compiler: out of HBM" in text and text.strip().endswith("no plan fits"), text
+    assert "DOES NOT FIT: the compiler needs" in format_report(r)
 
 
 def test_unknown_topology_is_a_clear_error():
