@@ -28,7 +28,7 @@ def _gib(x):
     return None if x is None else x / GIB
 
 
-def _row(name: str, topology: str, r: dict, seconds: float) -> dict:
+def plan_row(name: str, topology: str, r: dict, seconds: float) -> dict:
     m, rl = r["memory_per_chip"], r["roofline"]
     return {
         "plan": name, "topology": topology, "chips": r["num_devices"], "remat": r["remat_policy"],
@@ -91,12 +91,12 @@ def main(argv=None) -> dict:
                              grad_accums=[int(a) for a in args.grad_accum.split(",")] if args.grad_accum else None)
             versions = s["versions"]
             seconds = (time.perf_counter() - t0) / len(s["plans"])
-            searches[name] = [_row(name, topology, plan, seconds) for plan in s["plans"]]
+            searches[name] = [plan_row(name, topology, plan, seconds) for plan in s["plans"]]
             rows.append(searches[name][s["best"]] if s["best"] is not None else searches[name][0])
         else:
             r = compile_check(config, topology)
             versions = r["versions"]
-            rows.append(_row(name, topology, r, time.perf_counter() - t0))
+            rows.append(plan_row(name, topology, r, time.perf_counter() - t0))
     result = {"plans": rows, "versions": versions, "overrides": args.overrides, **({"search": searches} if searches else {})}
     table = markdown([r for plans in searches.values() for r in plans] if searches else rows, versions)
     print(json.dumps(result))

@@ -37,6 +37,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # llada_jax from this checkout
 
-from compile_plan import GIB, _row  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from compile_plan import GIB, plan_row  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 
 LLADA_CONFIG = "configs/llada-8b-v5p-pod.yaml"
 TOPOLOGY = "v5p:4x4x4"
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
     if not args.skip_llada:  # first: MaxText flips global JAX settings (mesh axis types, PRNG)
         t0 = time.perf_counter()
         r = compile_check(config, TOPOLOGY)
-        rows.append({**_row("llada-jax", TOPOLOGY, r, time.perf_counter() - t0), "attention": "splash (auto)",
+        rows.append({**plan_row("llada-jax", TOPOLOGY, r, time.perf_counter() - t0), "attention": "splash (auto)",
                      "params": r["params"], "link_gib": r["link_bytes_per_chip"] / GIB})
         reports["llada-jax"] = r
         gc.collect()
@@ -184,13 +185,14 @@ def main(argv=None) -> dict:
         r = plan_report(config, compiled, mt_devices, mesh_shape)
         topology["same_devices"] = sorted(device_layout(mt_devices)) == sorted(device_layout(devices))
         topology["same_mesh_order"] = device_layout(mt_devices) == llada_order
-        rows.append({**_row(name, TOPOLOGY, r, seconds), "attention": attention, "params": params,
+        rows.append({**plan_row(name, TOPOLOGY, r, seconds), "attention": attention, "params": params,
                      "link_gib": r["link_bytes_per_chip"] / GIB, "maxtext_settings": settings})
         reports[name] = r
         del compiled
         gc.collect()
         jax.clear_caches()
 
+    shutil.rmtree(out_dir, ignore_errors=True)
     result = {"plans": rows, "topology": topology, "versions": versions(), "maxtext_args": list(MAXTEXT_ARGS),
               "overrides": args.overrides, "issue_reference_gib": ISSUE_REFERENCE,
               "loops_without_trip_count": {k: r["loops_without_trip_count"] for k, r in reports.items()}}
