@@ -30,9 +30,11 @@ import numpy as np
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 # The SFT stage: configs/quickstart.yaml with these settings (then the user's overrides). Rows are
-# BOS + prompt, then the answer + EOS (`plain` template: as `eval --no-chat` encodes a prompt).
-SFT_SETTINGS = ("train.objective=sft", "train.steps=1200", "train.seq_len=20", "train.learning_rate=5e-3",
-                "train.final_learning_rate=5e-4", "train.warmup_steps=20", "train.decay_steps=300",
+# BOS + prompt, then the answer + EOS (`plain` template: as `eval --no-chat` encodes a prompt),
+# EOS-padded to exactly the prompt + sample.gen_length (`sft_row_length`): when every row has one
+# length the model learns where the row ends, and sampling any other length shifts its answers.
+SFT_SETTINGS = ("train.objective=sft", "train.steps=1200", "train.learning_rate=2e-3",
+                "train.final_learning_rate=2e-4", "train.warmup_steps=20", "train.decay_steps=300",
                 "train.checkpoint_every_steps=300", "train.log_every=50",
                 "data.format=jsonl", "data.chat_template=plain",
                 "sample.gen_length=8", "sample.steps=8", "sample.block_length=8")
@@ -85,6 +87,15 @@ def write_digit_rows(path: Path, rows_per_direction: int = TRAIN_ROWS) -> Path:
             if e.prompt not in held_out]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def sft_row_length(tokenizer, rows_path: Path, gen_length: int) -> int:
+    """The SFT stage's `train.seq_len`: the longest encoded prompt (BOS + text, as sampling encodes
+    it) plus the `gen_length` that sampling fills."""
+    from llada_jax.evaluation.evaluate import encode_prompt
+
+    prompts = {json.loads(line)["prompt"] for line in rows_path.read_text().splitlines()}
+    return max(len(encode_prompt(tokenizer, p, chat=False)) for p in prompts) + gen_length
 
 
 def next_commands(export: Path) -> list[str]:
@@ -162,9 +173,11 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
         f"run folder {run_dir}")
     pre_result, pre_losses = _train_stage(pre_config, tokenizer, "pretraining", log, progress)
 
-    write_digit_rows(workdir / "sft.jsonl")
+    seq_len = sft_row_length(tokenizer, write_digit_rows(workdir / "sft.jsonl"), sft_config.sample.gen_length)
+    sft_config = sft_config.replace(train=sft_config.train.replace(seq_len=seq_len))
     train = sft_config.train
-    log(f"2. SFT from the pretraining run: {train.steps} steps of {train.batch_size} rows, 'copy: {DEMO_DIGITS}' -> "
+    log(f"2. SFT from the pretraining run: {train.steps} steps of {train.batch_size} rows of {train.seq_len} tokens, "
+        f"'copy: {DEMO_DIGITS}' -> "
         f"'{DEMO_DIGITS}' and 'reverse: {DEMO_DIGITS}' -> '{' '.join(reversed(DEMO_DIGITS.split()))}' "
         f"({DIGITS} digits; the evaluation strings held out); run folder {sft_dir}")
     sft_result, sft_losses = _train_stage(sft_config, tokenizer, "SFT", log, progress)

@@ -67,6 +67,11 @@ def test_quickstart_trains_exports_and_its_next_commands_run(tmp_path):
         assert (tmp_path / run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sft_config = load_config(tmp_path / "sft" / "config.yaml")
     assert sft_config.train.init_from == str(tmp_path / "run") and sft_config.train.objective == "sft"
+    # SFT rows are as long as BOS + prompt + the sampled length (whatever train.seq_len the overrides set).
+    from llada_jax.io.tokenizer import load_tokenizer
+
+    prompt_tokens = 1 + len(load_tokenizer(tmp_path / "tokenizer.model").encode(f"copy: {DEMO_DIGITS}"))
+    assert sft_config.train.seq_len == prompt_tokens + sft_config.sample.gen_length != 32
 
     # The SFT rows never hold a prompt that evaluation (and the printed eval command) scores.
     rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
