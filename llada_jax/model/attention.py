@@ -52,11 +52,12 @@ def current_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-def resolve_impl(impl: str, dtype) -> str:
-    """`auto` -> `splash` on TPU, `cudnn` on GPU with a 16-bit compute dtype, else `xla`."""
+def resolve_impl(impl: str, dtype, platform: str | None = None) -> str:
+    """`auto` -> `splash` on TPU, `cudnn` on GPU with a 16-bit compute dtype, else `xla`
+    (on `platform`, by default the one in context)."""
     if impl != "auto":
         return impl
-    platform = current_platform()
+    platform = platform or current_platform()
     if platform == "tpu":
         return "splash"
     if platform in ("gpu", "cuda") and jnp.dtype(dtype).itemsize == 2:

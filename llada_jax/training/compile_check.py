@@ -29,19 +29,30 @@ from llada_jax.training.topology import chip_spec, roofline, topology_devices, t
 GIB = 1024 ** 3
 
 
-def recompute_flops_per_token(model: ModelConfig, seq_len: int, policy: str) -> float:
+def recompute_flops_per_token(model: ModelConfig, seq_len: int, policy: str, fused_attention: bool = False) -> float:
     """Forward FLOPs per token that the backward pass recomputes under a remat policy.
 
     'full' saves only each layer's input, so the backward reruns every layer's forward (all of
     its matmuls and attention); 'dots_no_batch' saves the weight matmuls (no batch dimension) and
     reruns the attention products q.k and p.v (batched over rows and heads); 'dots' saves every
-    matmul and 'none' saves everything. The output head is outside the scanned layers: never rerun.
+    matmul and 'none' saves everything. A fused attention kernel (`fused_attention`: splash,
+    cuDNN) is no matmul to a remat policy, so 'dots' reruns it too. The output head is outside the
+    scanned layers: never rerun.
     """
     d, m, layers = model.d_model, model.mlp_hidden_size, model.n_layers
     kv = model.n_kv_heads * model.head_dim
     attention = 2 * layers * 2 * seq_len * d
     dense = 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * m)
-    return float({"full": dense + attention, "dots_no_batch": attention}.get(policy, 0))
+    rerun = {"full": dense + attention, "dots_no_batch": attention, "dots": attention if fused_attention else 0}
+    return float(rerun.get(policy, 0))
+
+
+def fused_attention_in(model: ModelConfig, seq_len: int, platform: str) -> bool:
+    """Whether the train step's attention is a fused kernel on `platform` (splash tiles the length)."""
+    from llada_jax.model.attention import resolve_impl, splash_fits
+
+    impl = resolve_impl(model.attention_impl, model.dtype, platform)
+    return impl == "cudnn" or (impl == "splash" and splash_fits(seq_len, seq_len))
 
 
 def _versions() -> dict[str, str | None]:
@@ -95,7 +106,8 @@ def _plan_facts(config: Config, devices: list, mesh_shape: dict[str, int]) -> di
     n = len(devices)
     train = config.train
     model_flops = flops_per_step(config.model, train) / n
-    recompute = recompute_flops_per_token(config.model, train.seq_len, config.model.remat_policy) \
+    fused = fused_attention_in(config.model, train.seq_len, devices[0].platform)
+    recompute = recompute_flops_per_token(config.model, train.seq_len, config.model.remat_policy, fused) \
         * train.tokens_per_step / n
     return {
         "device_kind": kind,
@@ -109,6 +121,7 @@ def _plan_facts(config: Config, devices: list, mesh_shape: dict[str, int]) -> di
         "flops_per_chip": {"model": model_flops, "recompute": recompute, "executed": model_flops + recompute,
                            "xla_cost_analysis": None},
         "flops_per_step_model": model_flops * n,
+        "fused_attention": fused,
         "chip": chip_spec(kind),
     }
 

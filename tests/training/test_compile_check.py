@@ -29,6 +29,19 @@ def test_recompute_flops_per_policy():
     assert recompute_flops_per_token(model, 64, "dots_no_batch") == 2 * 2 * 2 * 64 * 96  # q.k and p.v
     assert recompute_flops_per_token(model, 64, "dots") == 0
     assert recompute_flops_per_token(model, 64, "none") == 0
+    # A fused kernel (splash, cuDNN) is no matmul to the policy: 'dots' reruns it like 'dots_no_batch'.
+    for policy in ("full", "dots_no_batch", "none"):
+        assert recompute_flops_per_token(model, 64, policy, True) == recompute_flops_per_token(model, 64, policy)
+    assert recompute_flops_per_token(model, 64, "dots", True) == 2 * 2 * 2 * 64 * 96
+
+
+def test_fused_attention_follows_the_platform_and_the_splash_tiling():
+    from llada_jax.training.compile_check import fused_attention_in
+
+    auto = load_config(TINY).model.replace(attention_impl="auto", dtype="bfloat16")
+    assert fused_attention_in(auto, 256, "tpu") and not fused_attention_in(auto, 200, "tpu")
+    assert fused_attention_in(auto, 200, "gpu") and not fused_attention_in(auto, 256, "cpu")
+    assert not fused_attention_in(auto.replace(attention_impl="xla"), 256, "tpu")
 
 
 def test_grad_accum_choices_keep_every_row_shard_busy():
