@@ -115,8 +115,11 @@ def walk_files(root: PathLike) -> Iterable[epath.Path]:
 class AppendFile:
     """A file opened for appending, local or remote; `flush()` makes what was written visible.
 
-    A bucket object cannot be appended to: the remote form keeps the object's content in memory
-    and uploads it whole on `flush()` (at most every `min_interval_s`, always on `close()`).
+    On `gs://` each flush appends only what is new: the pending bytes go up as a temporary object
+    that a compose request adds to the end of the file, so nothing flushed is lost and no flush
+    re-sends the file. Under another remote scheme an object cannot be appended to: its content
+    is kept in memory and uploaded whole on `flush()`, at most every `min_interval_s` (always on
+    `close()`).
     """
 
     def __init__(self, path: PathLike, *, min_interval_s: float = 0.0):
@@ -126,7 +129,16 @@ class AppendFile:
         self._clock = time.monotonic
         self._remote = is_remote(self.path)
         self._min_interval, self._last = min_interval_s, float("-inf")
-        if self._remote:
+        self._compose = path_str(self.path).startswith("gs://")
+        if self._compose:
+            import fsspec
+
+            # The instance etils.epath uses for gs:// (fsspec caches it by these arguments), so its
+            # listings see what is appended here.
+            self._fs, self._key = fsspec.filesystem("gcs", finalize_on_close=True), path_str(self.path)
+            self._exists = self._fs.exists(self._key)
+            self._buffer = bytearray()  # written, not yet appended
+        elif self._remote:
             self._buffer = bytearray(self.path.read_bytes() if self.path.exists() else b"")
             self._dirty = False
         else:
@@ -144,9 +156,26 @@ class AppendFile:
     def flush(self, force: bool = False) -> None:
         if not self._remote:
             self._file.flush()
+        elif self._compose:
+            self._append()
         elif self._dirty and (force or self._clock() - self._last >= self._min_interval):
             self.path.write_bytes(bytes(self._buffer))
             self._dirty, self._last = False, self._clock()
+
+    def _append(self) -> None:
+        if not self._buffer:
+            return
+        data = bytes(self._buffer)
+        if self._exists:
+            part = f"{self._key}.append-{os.getpid()}"
+            self._fs.pipe(part, data)
+            self._fs.merge(self._key, [self._key, part])
+            self._fs.rm(part)
+        else:
+            self._fs.pipe(self._key, data)
+            self._exists = True
+        self._fs.invalidate_cache(self._key)
+        self._buffer = bytearray()
 
     def close(self) -> None:
         self.flush(force=True)

@@ -6,7 +6,8 @@ bf16, by device kind) unless the config overrides them. Writers put one JSON obj
 in `metrics.jsonl` and TensorBoard events (tensorboardX) under `tb/`; only process 0 writes.
 Keys with a group prefix (`eval/`, `time/`) keep it as their TensorBoard tag; the rest go under `train/`.
 The run directory may be on a bucket: both files go through `llada_jax.io.paths.AppendFile`
-(a bucket object is rewritten whole, at most every `REMOTE_FLUSH_S` seconds and at close).
+(on `gs://` every write is appended at once; under other schemes the object is rewritten whole,
+at most every `REMOTE_FLUSH_S` seconds and at close).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import jax
 from llada_jax.config import ModelConfig, TrainConfig
 from llada_jax.io.paths import AppendFile, PathLike, as_path, is_file, is_remote, path_str
 
-# Seconds between uploads of a remote metrics.jsonl / events file (a local one is flushed per write).
+# Seconds between whole rewrites of a metrics.jsonl / events file under a remote scheme that cannot
+# append (a local or gs:// one is flushed per write).
 REMOTE_FLUSH_S = 10.0
 
 # Dense bf16 peak TFLOP/s per device, matched as a lower-case substring of `device_kind`

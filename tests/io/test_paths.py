@@ -44,3 +44,4 @@ def test_write_glob_walk_append(root):
     again.write("three\n")
     again.close()
     assert (base / "log.jsonl").read_text() == "one\ntwo\nthree\n"
+    assert not [p for p in walk_files(root) if ".append-" in str(p)]  # no temporary parts left on a bucket
