@@ -1,5 +1,7 @@
 """`python -m llada_jax.cli ...` is the `llada-jax` command."""
 
-from llada_jax.cli.main import run
+import sys
 
-run()
+from llada_jax.cli.main import main
+
+sys.exit(main())

@@ -10,7 +10,6 @@ with status 2; so is a path that cannot be written (`FileExistsError`, `IsADirec
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from llada_jax.cli.evaluate import EVAL_SUBCOMMANDS
@@ -41,29 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         message = str(message).strip().splitlines()[0] if str(message).strip() else type(e).__name__
         print(f"llada-jax {args.command}: error: {message}", file=sys.stderr)
-        # Reads abandoned by the error (e.g. Orbax's pending array reads of a damaged checkpoint)
-        # would print "Exception ignored in <coroutine>" tracebacks when collected: the one line
-        # above already says what failed.
-        sys.unraisablehook = lambda unraisable: None
         return 2
 
 
-def run() -> None:
-    """The program's entry point (`llada-jax`, `python -m llada_jax.cli`): `main`, then exit with its status.
-
-    After a reported error (status 2) the interpreter's teardown writes nothing more to stderr:
-    a failed Orbax read of a damaged checkpoint leaves tensorstore reads in flight, and when
-    they complete into Orbax's already-closed event loop they print "Event loop is closed"
-    tracebacks under the one line that says what failed. Only the program's exit path does this;
-    `main` called in a process that goes on leaves stderr alone.
-    """
-    code = main()
-    if code == 2:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
