@@ -151,15 +151,16 @@ def count_cells(rows: Sequence[Mapping]) -> str:
 
 
 def _append_row(path, row: Mapping) -> None:
-    from llada_jax.io.paths import as_path, is_file, write_text
+    from llada_jax.io.paths import AppendFile, as_path, is_file
 
-    old = as_path(path).read_text() if is_file(path) else ""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    if not old:
+    if not is_file(path) or as_path(path).stat().length == 0:
         writer.writeheader()
-    writer.writerow({k: format_value(row.get(k)) if not isinstance(row.get(k), str) else row[k] for k in COLUMNS})
-    write_text(path, old + buffer.getvalue())  # whole-file write: a bucket object cannot be appended to
+    writer.writerow({k: format_value(row.get(k)) for k in COLUMNS})
+    out = AppendFile(path)
+    out.write(buffer.getvalue())
+    out.close()
 
 
 def run_sweep(params: Any, cfg, tokenizer, task, grid: Mapping[str, Sequence], out_dir: str | Path, *,
@@ -253,13 +254,9 @@ def write_table(rows: Sequence[Mapping], path: Path, grid_names: Sequence[str]) 
         else:
             metrics = [f"{_num(r, 'accuracy'):.3f}", f"{_num(r, 'model_calls'):g}",
                        f"{_num(r, 'tokens_per_s'):.1f}", f"{_num(r, 'seconds'):.2f}", r.get("reason", "") or ""]
-        lines.append("| " + " | ".join([_fmt_cell(r[n]) for n in grid_names] + metrics) + " |")
+        lines.append("| " + " | ".join([format_value(r[n]) for n in grid_names] + metrics) + " |")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _fmt_cell(v) -> str:
-    return format_value(v) if not isinstance(v, str) else v
 
 
 def plot_rows(rows: Sequence[Mapping], out_dir: Path, grid_names: Sequence[str]) -> tuple[Path, Path]:

@@ -71,7 +71,6 @@ class CompileOutOfMemory(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.required = _size_after(message, "required for HLO temporaries")
-        self.available = _size_after(message, "available HBM")
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -83,11 +82,9 @@ def _size_after(message: str, words: str) -> int | None:
     return None if m is None else int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _compile(config: Config, devices: list):
-    from llada_jax.model.sharding import make_mesh
+def _compile(config: Config, mesh):
     from llada_jax.training.step import abstract_batch, abstract_state, make_train_step
 
-    mesh = make_mesh(config.mesh, devices)
     step = make_train_step(config, mesh)
     lowered = step.lower(abstract_state(config, mesh), abstract_batch(config.train, mesh))
     try:
@@ -97,7 +94,7 @@ def _compile(config: Config, devices: list):
         if "RESOURCE_EXHAUSTED" in text and "HBM" in text:
             raise CompileOutOfMemory(text.strip().splitlines()[0]) from None
         raise
-    return compiled, dict(mesh.shape)
+    return compiled
 
 
 def _plan_facts(config: Config, devices: list, mesh_shape: dict[str, int]) -> dict[str, Any]:
@@ -158,12 +155,11 @@ def plan_report(config: Config, compiled, devices: list, mesh_shape: dict[str, i
     }
 
 
-def refused_plan_report(config: Config, devices: list, error: CompileOutOfMemory) -> dict[str, Any]:
+def refused_plan_report(config: Config, devices: list, mesh_shape: dict[str, int],
+                        error: CompileOutOfMemory) -> dict[str, Any]:
     """`plan_report`'s fields for a plan the compiler refused for lack of HBM: it does not fit; the
     compiler's own figure of what it needed is `memory_per_chip.required`; compiled figures are None."""
-    from llada_jax.model.sharding import make_mesh
-
-    facts = _plan_facts(config, devices, dict(make_mesh(config.mesh, devices).shape))
+    facts = _plan_facts(config, devices, mesh_shape)
     return {
         **facts,
         "memory_per_chip": {"arguments": None, "outputs": None, "aliased": None, "temporaries": None, "code": None,
@@ -178,11 +174,14 @@ def refused_plan_report(config: Config, devices: list, error: CompileOutOfMemory
 
 
 def _plan(config: Config, devices: list) -> dict[str, Any]:
+    from llada_jax.model.sharding import make_mesh
+
+    mesh = make_mesh(config.mesh, devices)
     try:
-        compiled, mesh_shape = _compile(config, devices)
+        compiled = _compile(config, mesh)
     except CompileOutOfMemory as e:
-        return refused_plan_report(config, devices, e)
-    return plan_report(config, compiled, devices, mesh_shape)
+        return refused_plan_report(config, devices, dict(mesh.shape), e)
+    return plan_report(config, compiled, devices, dict(mesh.shape))
 
 
 def compile_check(config: Config, topology: str, *, num_slices: int = 1) -> dict[str, Any]:
