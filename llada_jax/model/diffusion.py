@@ -139,9 +139,8 @@ def _head_ce_fwd(hidden, head, targets, chunk_size):
 def vocab_slices(vocab: int, length: int, chunk_size: int) -> tuple[int, int]:
     """`(n, width)`: the backward pass's vocabulary slices, as many logits as a `chunk_size`-position
     chunk holds (width a multiple of 128, n * width >= vocab)."""
-    n = max(1, -(-length // max(1, min(chunk_size, length))))
-    width = -(-vocab // n)
-    width = min(-(-width // 128) * 128, vocab) if vocab >= 128 else vocab
+    n = -(-length // min(chunk_size, length))
+    width = min(-(-vocab // (n * 128)) * 128, vocab)
     return -(-vocab // width), width
 
 
