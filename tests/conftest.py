@@ -14,6 +14,17 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def signal_on_line(proc, prefix: str, sig) -> list[str]:
+    """Read a worker's stdout until a line starts with `prefix`, then send it `sig`; the lines read."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            proc.send_signal(sig)
+            break
+    return lines
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     """configs/tiny.yaml in float32: the shared tiny model config of the suite."""

@@ -17,7 +17,7 @@ from llada_jax.model.sharding import make_mesh
 from llada_jax.training.step import abstract_state
 from llada_jax.training.checkpointer import IncompatibleCheckpointError, TrainCheckpointer, export_checkpoint
 
-from conftest import REPO
+from conftest import REPO, signal_on_line
 from train_worker import worker_config, worker_dataset, worker_mesh
 
 WORKER = REPO / "tests" / "train_worker.py"
@@ -63,13 +63,7 @@ def test_sigkill_and_sigterm_resume_the_same_trajectory(reference, tmp_path):
 
     # 2. Restart: it resumes; SIGTERM after its first step saves and exits 0.
     p2 = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in p2.stdout:
-        lines.append(line)
-        if line.startswith("STEP"):
-            p2.send_signal(signal.SIGTERM)
-            break
-    out = "".join(lines) + p2.stdout.read()
+    out = "".join(signal_on_line(p2, "STEP", signal.SIGTERM)) + p2.stdout.read()
     assert p2.wait(timeout=120) == 0, out
     status, stopped, resumed = [ln for ln in out.splitlines() if ln.startswith("RESULT")][0].split()[1:]
     assert status == "preempted" and int(resumed) >= 4 and int(stopped) < STEPS, out

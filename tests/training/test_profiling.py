@@ -1,6 +1,5 @@
 """Profiles: planned steps and a touched flag file write traces in the run folder; SIGUSR1 from outside too."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import sys
 from llada_jax.training.loop import run_training
 from llada_jax.training.profiling import FLAG_FILE, trace_files
 
-from conftest import REPO
+from conftest import REPO, signal_on_line
 from train_worker import worker_config, worker_dataset, worker_mesh
 
 WORKER = REPO / "tests" / "train_worker.py"
@@ -36,13 +35,7 @@ def test_sigusr1_profiles_a_running_process(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(WORKER), str(run_dir), "8", "0.2"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("STEP 2"):
-            proc.send_signal(signal.SIGUSR1)
-            break
-    out = "".join(lines) + proc.stdout.read()
+    out = "".join(signal_on_line(proc, "STEP 2", signal.SIGUSR1)) + proc.stdout.read()
     assert proc.wait(timeout=300) == 0, out
     assert "RESULT done 8" in out, out
     traces = trace_files(run_dir)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, signal_on_line
 
 POD_WORKER = REPO / "tests" / "pod_worker.py"
 
@@ -105,12 +105,7 @@ def test_pod_journey_on_a_bucket(pod_bucket, tmp_path):
     # SIGKILL once step 4 is logged (the step-2 checkpoint is on the bucket), then restart.
     run_dir = f"{bucket}/run"
     p = worker(run_dir, 0.5)
-    lines = []
-    for line in p.stdout:
-        lines.append(line)
-        if line.startswith("STEP 4"):
-            p.send_signal(signal.SIGKILL)
-            break
+    lines = signal_on_line(p, "STEP 4", signal.SIGKILL)
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
     p = worker(run_dir, 0)
