@@ -8,6 +8,7 @@ local or on a bucket (`gs://...`, through `llada_jax.io.paths`).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -21,24 +22,36 @@ CONFIG_FILE = "config.yaml"
 
 
 def quiet_abandoned_reads() -> None:
-    """Drop the "Event loop is closed" reports of Orbax reads abandoned after another read failed.
+    """Drop the reports of Orbax reads abandoned after another read of the same checkpoint failed.
 
-    When one array of a damaged checkpoint fails to read, Orbax closes its event loop while
-    tensorstore still has the other reads in flight; each then completes into the closed loop
-    and Python reports it as an unraisable RuntimeError traceback, around the one error that
-    says what failed. Installed once per process, before reading; every other unraisable
-    exception still reaches the previous hook.
+    When one array of a damaged checkpoint fails to read, Orbax stops waiting for the others:
+    tensorstore reads still in flight complete into Orbax's closed event loop ("Event loop is
+    closed"), and read coroutines never resumed are closed when collected, which Orbax turns into
+    "Encountered error while reading array index" from the GeneratorExit. Python reports each as
+    an unraisable exception: dozens of tracebacks around the one error that says what failed.
+    Installed once per process, before reading; every other unraisable exception still reaches
+    the previous hook.
     """
     previous = sys.unraisablehook
     if getattr(previous, "quiets_abandoned_reads", False):
         return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        if not is_abandoned_read_report(unraisable):
             previous(unraisable)
 
     hook.quiets_abandoned_reads = True
     sys.unraisablehook = hook
+
+
+def is_abandoned_read_report(unraisable) -> bool:
+    """Whether an unraisable report (`sys.UnraisableHookArgs`) comes from an abandoned Orbax read."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)  # a coroutine closed while suspended
+    return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+            and isinstance(getattr(error, "__cause__", None), GeneratorExit))
 
 
 def abstract_params(cfg: ModelConfig, shardings=None):

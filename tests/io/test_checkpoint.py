@@ -1,4 +1,4 @@
-"""Params exports: what `quiet_abandoned_reads` drops and what it passes on."""
+"""Checkpoint reads: what `quiet_abandoned_reads` drops and what it passes on."""
 
 import gc
 import sys
@@ -24,3 +24,40 @@ def test_quiet_abandoned_reads_drops_only_closed_loop_reports(monkeypatch):
         _RaisesOnDelete(error)
         gc.collect()
     assert seen == ["something else", "bad"]
+
+
+_READ = '''
+class _Suspend:
+    def __await__(self):
+        yield
+
+
+async def read_array():
+    try:
+        await _Suspend()
+    except GeneratorExit as e:
+        raise Exception("Encountered error while reading array index") from e
+'''
+
+
+def _abandoned_coroutine(filename: str):
+    """A suspended coroutine whose close raises from GeneratorExit, as Orbax's array reads do."""
+    namespace = {}
+    exec(compile(_READ, filename, "exec"), namespace)
+    coroutine = namespace["read_array"]()
+    coroutine.send(None)
+    return coroutine
+
+
+def test_quiet_abandoned_reads_drops_orbax_read_coroutines_closed_unfinished(monkeypatch):
+    import os
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.object.cr_code.co_filename))
+    quiet_abandoned_reads()
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+    other_file = os.path.join(os.sep, "site-packages", "mylib", "reader.py")
+    for filename in (orbax_file, other_file):
+        _abandoned_coroutine(filename)  # dropped unfinished: closed when collected
+        gc.collect()
+    assert seen == [other_file]
