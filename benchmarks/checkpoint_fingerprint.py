@@ -40,7 +40,7 @@ def main() -> None:
 
     from llada_jax.config import load_config
     from llada_jax.model.sharding import make_mesh
-    from llada_jax.training.integrity import array_fingerprints
+    from llada_jax.io.integrity import array_fingerprints
     from llada_jax.training.step import init_state
 
     config = load_config(args.config, args.overrides)

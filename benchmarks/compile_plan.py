@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from llada_jax.config import load_config
-    from llada_jax.training.compile_check import compile_check, search_plans
+    from llada_jax.planning.compile_check import compile_check, search_plans
 
     repo = Path(__file__).resolve().parents[1]
     rows, versions, searches = [], {}, {}

@@ -146,8 +146,8 @@ def main(argv=None) -> dict:
     import jax
     from llada_jax.config import load_config
     from llada_jax.model.sharding import make_mesh
-    from llada_jax.training.compile_check import compile_check, plan_report
-    from llada_jax.training.topology import topology_devices, topology_kwargs
+    from llada_jax.planning.compile_check import compile_check, plan_report
+    from llada_jax.planning.topology import topology_devices, topology_kwargs
     from maxtext.utils import accelerator_to_spec_map
 
     config = load_config(REPO / LLADA_CONFIG)

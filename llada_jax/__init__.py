@@ -29,7 +29,7 @@ _API = {
     "TrainState": "llada_jax.training.step", "init_state": "llada_jax.training.step",
     "make_train_step": "llada_jax.training.step",
     "run_training": "llada_jax.training.loop",
-    "export_checkpoint": "llada_jax.training.checkpointer",
+    "export_checkpoint": "llada_jax.io.run_checkpoint",
 }
 
 __all__ = sorted(_API)

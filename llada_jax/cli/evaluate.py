@@ -75,7 +75,7 @@ def _settings(args, task) -> dict:
 
 def _load(args):
     """(tokenizer, cfg, params), after the cheap checks."""
-    from llada_jax.training.model_source import load_model
+    from llada_jax.io.model_source import load_model
     from llada_jax.io.tokenizer import check_tokenizer_matches
 
     tokenizer = checkpoint_tokenizer(args)
@@ -162,7 +162,7 @@ def _add_sweep(sub) -> None:
 def _cmd_likelihood(args: argparse.Namespace) -> int:
     import jax
 
-    from llada_jax.training.model_source import load_model
+    from llada_jax.io.model_source import load_model
     from llada_jax.evaluation.evaluate import encode_prompt
     from llada_jax.inference.likelihood import log_likelihood
 
@@ -222,7 +222,7 @@ def _recipe_parser() -> argparse.ArgumentParser:
 def _run_recipe(argv: list[str]) -> int:
     from llada_jax.evaluation.lm_eval_adapter import run_recipe
     from llada_jax.evaluation.recipes import SUMMARY_CSV, SUMMARY_MD, load_recipe
-    from llada_jax.training.model_source import load_model
+    from llada_jax.io.model_source import load_model
     from llada_jax.io.tokenizer import check_tokenizer_matches
 
     args = _recipe_parser().parse_args(argv)

@@ -34,7 +34,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from llada_jax.training.model_source import load_model
+    from llada_jax.io.model_source import load_model
     from llada_jax.evaluation.evaluate import decode_answer, encode_prompts, generate_answers, place_params
     from llada_jax.inference.sampling import generate_with_stats
     from llada_jax.io.tokenizer import check_tokenizer_matches

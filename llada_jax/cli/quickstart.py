@@ -140,7 +140,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, steps: int | None
     from llada_jax.evaluation.tasks import load_task
     from llada_jax.inference.sampling import generate_with_stats
     from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
-    from llada_jax.training.checkpointer import export_checkpoint
+    from llada_jax.io.run_checkpoint import export_checkpoint
     from llada_jax.training.plot import plot_training_curves
 
     start = time.perf_counter()

@@ -77,7 +77,7 @@ def _add_sft(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from llada_jax.training.checkpointer import export_checkpoint
+    from llada_jax.io.run_checkpoint import export_checkpoint
 
     out = export_checkpoint(args.run_dir, args.out, step=args.step, fmt=args.format, dtype=args.dtype)
     print(f"exported {args.run_dir} (step {args.step if args.step is not None else 'latest'}) -> {out} ({args.format})")
@@ -95,7 +95,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_compile_check(args: argparse.Namespace) -> int:
-    from llada_jax.training import compile_check as cc
+    from llada_jax.planning import compile_check as cc
     from llada_jax.config import load_config
 
     config = load_config(args.config, args.overrides)

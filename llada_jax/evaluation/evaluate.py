@@ -73,14 +73,14 @@ class EvalResult:
 
 def checkpoint_sample(checkpoint) -> SampleConfig:
     """The sampler settings saved with a training run or a params export; the defaults for a HF directory."""
-    from llada_jax.training.model_source import source_sample
+    from llada_jax.io.model_source import source_sample
 
     return source_sample(checkpoint)
 
 
 def find_tokenizer(checkpoint, tokenizer=None):
     """`tokenizer` if given, else one in the checkpoint directory, else its config's `train.tokenizer`."""
-    from llada_jax.training.model_source import source_tokenizer
+    from llada_jax.io.model_source import source_tokenizer
 
     return source_tokenizer(checkpoint, tokenizer)
 

@@ -66,7 +66,7 @@ class LladaJaxLM(LM):
         if unknown:
             raise ValueError(f"llada_jax model_args: unknown option(s) {', '.join(unknown)}; sampler options are "
                              f"{', '.join(SAMPLE_FIELDS)}")
-        from llada_jax.training.model_source import load_model
+        from llada_jax.io.model_source import load_model
         from llada_jax.evaluation.evaluate import checkpoint_sample, find_tokenizer
         from llada_jax.io.tokenizer import check_tokenizer_matches
 

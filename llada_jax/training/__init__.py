@@ -1,5 +1,6 @@
-"""Training programs: optimizer, train state and jitted step, the loop, Orbax train checkpoints,
-metrics, multi-host start and the ahead-of-time compile check for TPU topologies.
+"""Running a training job: optimizer, train state and the one jitted step (every objective shares
+it), the loop, validation, metrics, timing, profiling, preemption, multi-host start and offline
+checkpoint verification.
 
-Imports `config`, `model`, `io`, `data` and `inference`; never `evaluation` or `cli`.
+Imports `config`, `model`, `io`, `data` and `inference`; never `planning`, `evaluation`, `serving` or `cli`.
 """

@@ -28,7 +28,7 @@ from llada_jax.config import Config
 from llada_jax.training.metrics import MetricWriter, throughput
 from llada_jax.model.sharding import host_batch_to_global, make_mesh
 from llada_jax.training.step import abstract_state, batch_shapes, init_state, make_train_step
-from llada_jax.training.checkpointer import TrainCheckpointer
+from llada_jax.io.run_checkpoint import TrainCheckpointer
 from llada_jax.training.profiling import Profiler
 from llada_jax.training.timing import StepTimer
 from llada_jax.training.validation import eval_due, make_validator
@@ -268,8 +268,8 @@ def load_initial_params(config: Config, mesh):
     """Params of `train.init_from` (a run folder or `RUN@STEP`, a params export or a HF dir) on `mesh`,
     refusing another architecture."""
     from llada_jax.model.sharding import param_shardings
-    from llada_jax.training.checkpointer import IncompatibleCheckpointError, arch_differences
-    from llada_jax.training.model_source import load_model, resolve_source, source_model_config
+    from llada_jax.io.run_checkpoint import IncompatibleCheckpointError, arch_differences
+    from llada_jax.io.model_source import load_model, resolve_source, source_model_config
 
     path = config.train.init_from
     if not path:

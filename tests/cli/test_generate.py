@@ -107,7 +107,7 @@ def test_run_folder_step_and_clean_stderr_without_jax_platforms(exported, tiny_c
 
     from llada_jax.config import MeshConfig, load_config
     from llada_jax.model.sharding import make_mesh
-    from llada_jax.training.checkpointer import TrainCheckpointer
+    from llada_jax.io.run_checkpoint import TrainCheckpointer
     from llada_jax.training.step import init_state
 
     from conftest import REPO

@@ -15,7 +15,7 @@ from llada_jax.training.loop import run_training
 from llada_jax.training.metrics import read_metrics
 from llada_jax.model.sharding import make_mesh
 from llada_jax.training.step import abstract_state
-from llada_jax.training.checkpointer import IncompatibleCheckpointError, TrainCheckpointer, export_checkpoint
+from llada_jax.io.run_checkpoint import IncompatibleCheckpointError, TrainCheckpointer, export_checkpoint
 
 from conftest import REPO, signal_on_line
 from train_worker import worker_config, worker_dataset, worker_mesh

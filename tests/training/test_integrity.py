@@ -14,8 +14,9 @@ import pytest
 
 from llada_jax.config import MeshConfig
 from llada_jax.model.sharding import make_mesh
-from llada_jax.training.checkpointer import CheckpointDamagedError, TrainCheckpointer, verify_run
-from llada_jax.training.integrity import array_fingerprints, data_state_fingerprint
+from llada_jax.io.run_checkpoint import CheckpointDamagedError, TrainCheckpointer
+from llada_jax.training.checkpointer import verify_run
+from llada_jax.io.integrity import array_fingerprints, data_state_fingerprint
 from llada_jax.training.loop import run_training
 
 from train_worker import worker_dataset, worker_mesh

@@ -70,7 +70,7 @@ def pod_bucket(gcs_server, tmp_path_factory):
 def _final_params(run_dir, step):
     from llada_jax.io.checkpoint import read_config
     from llada_jax.model.transformer import param_shapes
-    from llada_jax.training.checkpointer import TrainCheckpointer
+    from llada_jax.io.run_checkpoint import TrainCheckpointer
 
     config = read_config(run_dir)
     ckpt = TrainCheckpointer(run_dir, config, async_save=False)

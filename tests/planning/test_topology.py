@@ -2,7 +2,7 @@
 
 import pytest
 
-from llada_jax.training.topology import chip_spec, parse_topology, roofline, topology_kwargs
+from llada_jax.planning.topology import chip_spec, parse_topology, roofline, topology_kwargs
 
 
 @pytest.mark.parametrize("topology, expected", [

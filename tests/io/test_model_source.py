@@ -11,9 +11,9 @@ from llada_jax.config import MeshConfig, SampleConfig, load_config
 from llada_jax.io.checkpoint import save_params
 from llada_jax.io.paths import as_path
 from llada_jax.model.sharding import make_mesh, param_shardings
-from llada_jax.training.checkpointer import TrainCheckpointer
+from llada_jax.io.run_checkpoint import TrainCheckpointer
 from llada_jax.training.loop import load_initial_params
-from llada_jax.training.model_source import (load_model, resolve_source, source_model_config, source_sample,
+from llada_jax.io.model_source import (load_model, resolve_source, source_model_config, source_sample,
                                              source_tokenizer, split_step)
 from llada_jax.training.step import init_state
 

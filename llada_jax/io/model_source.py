@@ -146,7 +146,7 @@ def load_model(checkpoint, shardings=None, param_dtype: str | None = None) -> tu
 
         return load_model_dir(source.path, shardings=shardings, param_dtype=param_dtype)
     from llada_jax.io.checkpoint import abstract_params
-    from llada_jax.training.checkpointer import TrainCheckpointer
+    from llada_jax.io.run_checkpoint import TrainCheckpointer
 
     config = read_config(source.path)
     target = abstract_params(config.model, shardings)  # as saved: the fingerprints are of the saved arrays
@@ -165,7 +165,7 @@ def load_model(checkpoint, shardings=None, param_dtype: str | None = None) -> tu
 
 def latest_good_params(ckpt, target_params):
     """The params of the newest step that reads and verifies (a damaged newer step is passed over)."""
-    from llada_jax.training.checkpointer import CheckpointDamagedError
+    from llada_jax.io.run_checkpoint import CheckpointDamagedError
 
     failures = []
     for step in reversed(ckpt.all_steps()):

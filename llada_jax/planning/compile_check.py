@@ -22,9 +22,9 @@ import re
 from typing import Any, Sequence
 
 from llada_jax.config import REMAT_POLICIES, Config, ModelConfig
-from llada_jax.training.hlo_stats import hlo_step_stats
+from llada_jax.planning.hlo_stats import hlo_step_stats
 from llada_jax.training.metrics import flops_per_step
-from llada_jax.training.topology import chip_spec, roofline, topology_devices, topology_kwargs
+from llada_jax.planning.topology import chip_spec, roofline, topology_devices, topology_kwargs
 
 GIB = 1024 ** 3
 

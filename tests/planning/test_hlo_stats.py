@@ -2,7 +2,7 @@
 
 import pytest
 
-from llada_jax.training.hlo_stats import array_bytes, group_size, hlo_step_stats, parse_hlo, trip_count
+from llada_jax.planning.hlo_stats import array_bytes, group_size, hlo_step_stats, parse_hlo, trip_count
 
 # A combined all-reduce of six arrays (the tuple's text holds an /*index=5*/ comment), an async
 # all-gather (start/done pair), a fusion, and a scanned layer: a while loop (known trip count 32)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from llada_jax.config import load_config
-from llada_jax.training.compile_check import format_report, format_search, grad_accum_choices, recompute_flops_per_token
+from llada_jax.planning.compile_check import format_report, format_search, grad_accum_choices, recompute_flops_per_token
 
 from conftest import REPO
 
@@ -36,7 +36,7 @@ def test_recompute_flops_per_policy():
 
 
 def test_fused_attention_follows_the_platform_and_the_splash_tiling():
-    from llada_jax.training.compile_check import fused_attention_in
+    from llada_jax.planning.compile_check import fused_attention_in
 
     auto = load_config(TINY).model.replace(attention_impl="auto", dtype="bfloat16")
     assert fused_attention_in(auto, 256, "tpu") and not fused_attention_in(auto, 200, "tpu")
