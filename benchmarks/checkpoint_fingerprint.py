@@ -12,29 +12,19 @@ then a table. On a TPU/GPU, the fingerprint reads the state once at HBM bandwidt
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 
 import jax
 
-
-def _time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from harness import add_output_args, emit, machine, markdown_table, time_call
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = add_output_args(ap).parse_args(argv)
 
     import orbax.checkpoint as ocp
 
@@ -49,8 +39,7 @@ def main() -> None:
         state = init_state(config, mesh)
         jax.block_until_ready(state)
         nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
-        array_fingerprints(state)  # compile
-        fp = _time(lambda: array_fingerprints(state), args.repeats)
+        fp = time_call(lambda: array_fingerprints(state), args.repeats).median_s  # the first call compiles
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = ocp.StandardCheckpointer()
             counter = iter(range(10**6))
@@ -59,20 +48,16 @@ def main() -> None:
                 ckpt.save(f"{tmp}/{next(counter)}", state)
                 ckpt.wait_until_finished()
 
-            save()
-            sv = _time(save, args.repeats)
+            sv = time_call(save, args.repeats).median_s  # the first save is not timed
             ckpt.close()
-    device = jax.devices()[0].device_kind
-    rows = [{"what": "fingerprint", "seconds": fp, "state_bytes": nbytes, "gb_per_s": nbytes / fp / 1e9},
-            {"what": "orbax_save_local", "seconds": sv, "state_bytes": nbytes},
-            {"what": "fingerprint_over_save", "ratio": fp / sv}]
-    for r in rows:
-        print(json.dumps({**r, "config": args.config, "devices": jax.device_count(), "device": device}))
-    print(f"\n| what | seconds | note |\n|---|---|---|")
-    print(f"| fingerprint ({nbytes / 1e6:.1f} MB state, {jax.device_count()} x {device}) | {fp:.4f} | "
-          f"{nbytes / fp / 1e9:.2f} GB/s |")
-    print(f"| Orbax save, local, synchronous | {sv:.4f} | |")
-    print(f"| fingerprint / save | {fp / sv:.3f} | |")
+    rows = [{"what": f"fingerprint ({nbytes / 1e6:.1f} MB state)", "seconds": fp, "gb_per_s": nbytes / fp / 1e9},
+            {"what": "Orbax save, local, synchronous", "seconds": sv},
+            {"what": "fingerprint / save", "ratio": fp / sv}]
+    result = {"benchmark": "checkpoint_fingerprint", **machine(), "config": args.config, "overrides": args.overrides,
+              "state_bytes": nbytes, "fingerprint_s": fp, "save_s": sv, "fingerprint_over_save": fp / sv}
+    columns = [("what", "what", "s"), ("seconds", "seconds", ".4f"), ("gb_per_s", "GB/s", ".2f"), ("ratio", "ratio", ".3f")]
+    title = f"{args.config}: {result['devices']} x {result['device']}"
+    return emit(result, markdown_table(rows, columns, title), args.json_out)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import add_output_args, emit, machine, markdown_table
+
 from llada_jax.config import DataConfig
 from llada_jax.data import DataStats, build_sft_rows, default_corpus_topics, make_pretrain_dataset, write_default_corpus
 from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    args = ap.parse_args()
+    args = add_output_args(ap).parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -61,12 +63,12 @@ def main() -> None:
         results.append({"what": "sft build_sft_rows", "seconds": seconds, "rows": len(rows),
                         "rows_per_s": len(rows) / seconds, **{k: v for k, v in stats.as_dict().items() if v}})
     for r in results:
-        print(json.dumps(r))
-    print(f"\n{'measurement':28s} {'seconds':>8s}  rate")
-    for r in results:
-        rate = (f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else
-                f"{r['rows_per_s']:,.0f} rows/s" if "rows_per_s" in r else f"vocab {r['vocab']}")
-        print(f"{r['what']:28s} {r['seconds']:8.2f}  {rate}")
+        r["rate"] = (f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else
+                     f"{r['rows_per_s']:,.0f} rows/s" if "rows_per_s" in r else f"vocab {r['vocab']}")
+    result = {"benchmark": "data_pipeline", **machine(), "vocab_size": args.vocab_size, "seq_len": args.seq_len,
+              "batch": args.batch, "epochs": args.epochs, "results": results}
+    columns = [("what", "measurement", "s"), ("seconds", "seconds", ".2f"), ("rate", "rate", "s")]
+    return emit(result, markdown_table(results, columns), args.json_out)
 
 
 if __name__ == "__main__":

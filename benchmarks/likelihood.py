@@ -18,10 +18,7 @@ Prints one JSON object and a table.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -32,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import llada_jax as lj  # noqa: E402
+from harness import add_output_args, emit, machine, time_call  # noqa: E402
 from llada_jax.config import ModelConfig  # noqa: E402
 
 
@@ -63,18 +61,6 @@ def release_style_log_likelihood(params, cfg, prompt, answer, *, mc_num: int, ba
     return -sum(losses) / len(losses)
 
 
-def _time(fn, repeats: int) -> tuple[float, float, float]:
-    t0 = time.perf_counter()
-    value = fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), first, value
-
-
 def run(args) -> dict:
     cfg = ModelConfig(vocab_size=126464, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                       n_kv_heads=args.heads, mlp_hidden_size=args.mlp, max_seq_len=max(4096, args.prompt_len +
@@ -85,17 +71,17 @@ def run(args) -> dict:
     prompt = rng.integers(100, 30000, args.prompt_len).astype(np.int32)
     answer = rng.integers(100, 30000, args.answer_len).astype(np.int32)
     opts = dict(mc_num=args.mc_num, batch_size=args.batch_size)
-    ours_s, ours_first, ours_value = _time(
-        lambda: lj.log_likelihood(params, cfg, prompt, answer, key=jax.random.key(1), **opts), args.repeats)
-    base_s, base_first, base_value = _time(
-        lambda: release_style_log_likelihood(params, cfg, prompt, answer, seed=1, **opts), args.repeats)
-    rows = [dict(method="release-style loop (full logits)", seconds=base_s, first_s=base_first, estimate=base_value),
-            dict(method="llada_jax.log_likelihood", seconds=ours_s, first_s=ours_first, estimate=ours_value)]
-    return dict(benchmark="likelihood", device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax=jax.__version__, vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
+    ours = time_call(lambda: lj.log_likelihood(params, cfg, prompt, answer, key=jax.random.key(1), **opts),
+                     args.repeats)
+    base = time_call(lambda: release_style_log_likelihood(params, cfg, prompt, answer, seed=1, **opts), args.repeats)
+    rows = [dict(method="release-style loop (full logits)", seconds=base.median_s, first_s=base.first_s,
+                 estimate=float(base.value)),
+            dict(method="llada_jax.log_likelihood", seconds=ours.median_s, first_s=ours.first_s,
+                 estimate=float(ours.value))]
+    return dict(benchmark="likelihood", **machine(), vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
                 params_m=cfg.num_params() / 1e6, dtype=cfg.dtype, prompt_len=args.prompt_len,
                 answer_len=args.answer_len, mc_num=args.mc_num, batch_size=args.batch_size,
-                loss_chunk_size=cfg.loss_chunk_size, repeats=args.repeats, speedup=base_s / ours_s, results=rows)
+                loss_chunk_size=cfg.loss_chunk_size, repeats=args.repeats, speedup=base.median_s / ours.median_s, results=rows)
 
 
 def table(result: dict) -> str:
@@ -123,13 +109,9 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=256, help="model.loss_chunk_size")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json-out", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = add_output_args(p).parse_args(argv)
     result = run(args)
-    print(json.dumps(result))
-    print(table(result))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
+    emit(result, table(result), args.json_out)
     return 0
 
 

@@ -13,10 +13,7 @@ object and a table.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import add_output_args, emit, machine, time_call  # noqa: E402
 from llada_jax.config import ModelConfig  # noqa: E402
 from llada_jax.model.transformer import init_params  # noqa: E402
 from llada_jax.inference.sampling import generate_with_stats  # noqa: E402
@@ -70,25 +68,14 @@ def run(args) -> dict:
         opts = {**base, **MODES[mode]}
         if "threshold" in opts:
             opts["threshold"] = args.threshold
-        t0 = time.perf_counter()
-        out = generate_with_stats(params, cfg, prompt, **opts)
-        jax.block_until_ready(out.tokens)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            out = generate_with_stats(params, cfg, prompt, **opts)
-            jax.block_until_ready(out.tokens)
-            times.append(time.perf_counter() - t0)
-        sec = statistics.median(times)
-        calls = int(out.model_calls)
+        timing = time_call(lambda: generate_with_stats(params, cfg, prompt, **opts), args.repeats)
+        sec, first, calls = timing.median_s, timing.first_s, int(timing.value.model_calls)
         rows.append(dict(mode=mode, seconds=sec, compile_and_first_s=first, model_calls=calls,
                          ms_per_step=1000 * sec / calls, tokens_per_s=args.batch * args.gen_length / sec))
     exact = next((r for r in rows if r["mode"] == "exact"), None)
     for r in rows:
         r["speedup_vs_exact"] = exact["seconds"] / r["seconds"] if exact else None
-    return dict(benchmark="sampler", device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax=jax.__version__, config=args.config, d_model=cfg.d_model, n_layers=cfg.n_layers,
+    return dict(benchmark="sampler", **machine(), config=args.config, d_model=cfg.d_model, n_layers=cfg.n_layers,
                 params_b=cfg.num_params() / 1e9, dtype=args.dtype, batch=args.batch, prompt_len=args.prompt_len,
                 gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                 cfg_scale=args.cfg_scale, temperature=args.temperature, threshold=args.threshold,
@@ -126,13 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--weight-scale", type=float, default=1.0,
                    help="multiply the random weights: sharper, more confident predictions (tiny: 4 spreads the "
                         "max probability over ~0.1-0.95), so that threshold mode can skip steps")
-    p.add_argument("--json-out", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = add_output_args(p).parse_args(argv)
     result = run(args)
-    print(json.dumps(result))
-    print(table(result))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
+    emit(result, table(result), args.json_out)
     return 0
 
 

@@ -12,11 +12,11 @@ or `train.peak_tflops`. Prints one JSON object, then a table.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import jax
 import numpy as np
+
+from harness import add_output_args, emit, machine, markdown_table, time_call
 
 
 def main(argv=None) -> dict:
@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first one compiles)")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    args = add_output_args(p).parse_args(argv)
 
     from llada_jax.config import load_config
     from llada_jax.training.metrics import throughput
@@ -43,16 +43,15 @@ def main(argv=None) -> dict:
     batch = {"tokens": rng.integers(5, hi, (train.batch_size, train.seq_len)).astype(np.int32)}
     if train.objective == "sft":
         batch["prompt_lengths"] = np.full((train.batch_size,), train.seq_len // 4, np.int32)
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t0) / args.steps
+    box = [state]
+
+    def one_step():
+        box[0], metrics = step(box[0], batch)
+        return metrics
+
+    # The first call compiles; `--warmup - 1` more run untimed; each timed step is waited for.
+    timing = time_call(one_step, args.steps, warmup=max(args.warmup - 1, 0))
+    warm, dt, m = timing.first_s, timing.median_s, timing.value
     kind = jax.devices()[0].device_kind
     result = {
         "config": args.config, "overrides": args.overrides, "device_kind": kind, "num_devices": jax.device_count(),
@@ -61,16 +60,16 @@ def main(argv=None) -> dict:
         "warmup_s": warm, "step_time_s": dt, "loss": float(m["loss"]),
         **throughput(config.model, train, dt, jax.device_count(), kind),
     }
-    print(json.dumps(result))
-    mfu = "n/a (unknown peak)" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-    rows = [("device", f"{result['num_devices']} x {kind}"), ("params", f"{result['params'] / 1e6:.2f}M"),
-            ("batch x seq", f"{train.batch_size} x {train.seq_len}"), ("step time", f"{dt * 1e3:.1f} ms"),
-            ("tokens/s", f"{result['tokens_per_s']:.0f}"),
-            ("TFLOP/s per device", f"{result['tflops_per_device']:.3f}"), ("MFU", mfu)]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    return result
+    result = {"benchmark": "train_step", **machine(), **result}
+    mfu = None if result["mfu"] is None else 100 * result["mfu"]
+    rows = [{"what": "params", "value": f"{result['params'] / 1e6:.2f}M"},
+            {"what": "batch x seq", "value": f"{train.batch_size} x {train.seq_len}"},
+            {"what": "step time", "value": f"{dt * 1e3:.1f} ms (median of {args.steps})"},
+            {"what": "tokens/s", "value": f"{result['tokens_per_s']:.0f}"},
+            {"what": "TFLOP/s per device", "value": f"{result['tflops_per_device']:.3f}"},
+            {"what": "MFU", "value": "n/a (unknown peak)" if mfu is None else f"{mfu:.1f}%"}]
+    title = f"{args.config} on {result['num_devices']} x {kind}"
+    return emit(result, markdown_table(rows, [("what", "", "s"), ("value", "", "s")], title), args.json_out)
 
 
 if __name__ == "__main__":
