@@ -12,6 +12,7 @@ the files Grain wrote.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -24,32 +25,85 @@ import numpy as np
 _MULTIPLIERS = (0x9E3779B1, 0x85EBCA6B)
 
 
-def _bits_u32(x: jax.Array) -> jax.Array:
-    """The element bit patterns of `x` as uint32 (narrower types zero-extended; wider: both halves)."""
+def _words(x: jax.Array) -> jax.Array:
+    """The element bit patterns of `x` as uint32, in `x`'s shape plus any trailing word axes (a PRNG
+    key's data; the two halves of an 8-byte element); narrower types zero-extended."""
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     size = x.dtype.itemsize
     if size == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
-    return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _weighted_sums(bits: jax.Array, positions: jax.Array) -> jax.Array:
+    """The two sums `sum_i bits_i * w_i mod 2^32`, w_i odd and set by the word's global position i."""
+    sums = []
+    for m in _MULTIPLIERS:
+        w = (positions * jnp.uint32(m) + jnp.uint32(m >> 1)) | jnp.uint32(1)
+        sums.append(jnp.sum(bits * w, dtype=jnp.uint32))
+    return jnp.stack(sums)
 
 
 def _array_fingerprint(x: jax.Array) -> jax.Array:
-    bits = _bits_u32(x)
-    i = jnp.arange(bits.shape[0], dtype=jnp.uint32)
-    sums = []
-    for m in _MULTIPLIERS:
-        w = (i * jnp.uint32(m) + jnp.uint32(m >> 1)) | jnp.uint32(1)
-        sums.append(jnp.sum(bits * w, dtype=jnp.uint32))
-    return jnp.stack(sums)
+    bits = _words(x).reshape(-1)
+    return _weighted_sums(bits, jnp.arange(bits.shape[0], dtype=jnp.uint32))
 
 
 @jax.jit
 def _tree_fingerprints(tree) -> list:
     return [_array_fingerprint(x) for x in jax.tree.leaves(tree)]
+
+
+@functools.partial(jax.jit, static_argnames=("global_shape",))
+def _shard_fingerprint(data, offsets: jax.Array, global_shape: tuple[int, ...]) -> jax.Array:
+    """The share of one shard (at `offsets` of an array of `global_shape`) in the array's fingerprint:
+    its words weighted by their positions in the whole array, so the shares of disjoint shards add up
+    (mod 2^32) to `_array_fingerprint` of the array."""
+    words = _words(data)
+    shape = tuple(global_shape) + words.shape[len(global_shape):]
+    positions = jnp.zeros(words.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(words.ndim)):
+        coord = jnp.arange(words.shape[axis], dtype=jnp.uint32)
+        if axis < len(global_shape):
+            coord = coord + offsets[axis]
+        positions = positions + jax.lax.broadcast_in_dim(coord, words.shape, (axis,)) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return _weighted_sums(words.reshape(-1), positions.reshape(-1))
+
+
+def process_fingerprints(tree) -> dict[str, str]:
+    """Leaf name -> this process's share of its fingerprint: the sums over the shards it owns (replica 0
+    of each shard on its devices), 16 hex digits, then 8 hex digits naming which shards those are.
+
+    The shares of all processes add up to `array_fingerprints`; computed on this process alone (no
+    collective), so a process can check what it wrote and read without waiting for the others.
+    """
+    out = {}
+    with jax.set_mesh(None):  # each shard is computed on its own device, outside the run's mesh
+        for name, x in zip(leaf_names(tree), jax.tree.leaves(tree)):
+            out[name] = _share(x)
+    return out
+
+
+def _share(x: jax.Array) -> str:
+    """`process_fingerprints` of one array: the shares of its owned shards added mod 2^32, then the tag."""
+    total = np.zeros(2, np.uint64)
+    owned = []
+    for shard in x.addressable_shards:
+        if shard.replica_id != 0:
+            continue
+        offsets = tuple(sl.start or 0 for sl in shard.index)
+        owned.append((offsets, tuple(shard.data.shape)))
+        share = _shard_fingerprint(shard.data, np.asarray(offsets, np.uint32).reshape(-1), tuple(x.shape))
+        total += np.asarray(jax.device_get(share), np.uint64)
+    total %= 2**32
+    layout = hashlib.sha256(json.dumps(sorted(owned)).encode()).hexdigest()[:8]
+    return "".join(f"{int(v):08x}" for v in total) + layout
 
 
 def _key_name(k) -> str:
@@ -71,6 +125,12 @@ def array_fingerprints(tree) -> dict[str, str]:
     return {name: "".join(f"{int(v):08x}" for v in np.asarray(fp)) for name, fp in zip(leaf_names(tree), values)}
 
 
+def tree_fingerprint(tree) -> str:
+    """SHA-256 (hex) of every array's fingerprint with its leaf name: one value naming a whole
+    params tree (e.g. a frozen reference model), the same on any sharding."""
+    return hashlib.sha256(json.dumps(array_fingerprints(tree), sort_keys=True).encode()).hexdigest()
+
+
 def data_state_fingerprint(state: Any) -> str:
     """SHA-256 (hex) of an iterator state's canonical JSON (the state as Grain saves it)."""
     if isinstance(state, (bytes, str)):
@@ -78,15 +138,38 @@ def data_state_fingerprint(state: Any) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def all_process_strings(value: str) -> list[str]:
-    """`value` (a fixed-length hex string) of every process, in process order (one collective)."""
+def _all_process_bytes(raw: bytes) -> list[bytes]:
+    """`raw` (the same length on every process) of every process, in process order (one collective)."""
     if jax.process_count() == 1:
-        return [value]
+        return [raw]
     from jax.experimental import multihost_utils
 
-    raw = np.frombuffer(bytes.fromhex(value), np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(raw))
-    return [bytes(row.astype(np.uint8)).hex() for row in gathered.reshape(jax.process_count(), -1)]
+    gathered = np.asarray(multihost_utils.process_allgather(np.frombuffer(raw, np.uint8)))
+    return [bytes(row.astype(np.uint8)) for row in gathered.reshape(jax.process_count(), -1)]
+
+
+def all_process_strings(value: str) -> list[str]:
+    """`value` (a fixed-length hex string) of every process, in process order (one collective)."""
+    return [raw.hex() for raw in _all_process_bytes(bytes.fromhex(value))]
+
+
+TEXT_BYTES = 2048  # the longest text `all_process_texts` carries by default (UTF-8 bytes; longer is cut)
+
+
+def all_process_texts(text: str, size: int = TEXT_BYTES) -> list[str]:
+    """`text` of every process, in process order (one collective of `size` + 4 bytes each; `size`
+    must be the same on every process): how processes share a verdict (an error message, a list of
+    steps, their fingerprint shares) before acting on it."""
+    data = text.encode()[:size]
+    raw = len(data).to_bytes(4, "little") + data.ljust(size, b"\0")
+    return [r[4:4 + int.from_bytes(r[:4], "little")].decode(errors="replace") for r in _all_process_bytes(raw)]
+
+
+def all_process_fingerprints(tree) -> list[dict[str, str]]:
+    """`process_fingerprints(tree)` of every process, in process order (one collective)."""
+    mine = process_fingerprints(tree)
+    size = 4 + sum(len(k) + len(v) + 8 for k, v in mine.items())  # the same on every process: same leaves
+    return [json.loads(t) for t in all_process_texts(json.dumps(mine), size=size)]
 
 
 def differences(saved: dict[str, str], actual: dict[str, str]) -> list[str]:

@@ -7,6 +7,8 @@ Layout of a run directory (`train.checkpoint_dir`):
     <step>/data/         Grain iterator state, one JSON file per process
     <step>/config/       the resolved config of that step (JSON)
     <step>/integrity/    fingerprints of every array and of each process's iterator state (JSON)
+    <step>/reference/    post-training runs: where the frozen reference came from and its fingerprint (JSON);
+                         the reference itself is not saved (it is `train.init_from`, read again on resume)
 
 The directory may be local or on a bucket (`gs://...`): Orbax and Grain write through
 etils.epath / tensorstore. Restoring goes into an abstract state that carries the *current*
@@ -16,10 +18,17 @@ without the run's config.yaml) is refused with the list of what differs.
 
 Every restore verifies the fingerprints (`io/integrity.py`). `restore_latest` walks back
 from the newest step to the newest one that reads and verifies, reporting each one that does
-not in one line; if none does it raises `CheckpointDamagedError` listing them all.
+not in one line; if none does it raises `CheckpointDamagedError` listing them all. With several
+processes each reads and checks its own part first (its shards against the fingerprint shares it
+saved, its iterator file) with no collective, then all exchange their verdicts before anything
+collective runs, so they restore the same step, and the report names the process and its files. A run with a
+reference refuses (`ReferenceMismatchError`) a step recorded with another reference.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 import jax
 
@@ -36,8 +45,24 @@ class IncompatibleCheckpointError(ValueError):
     """The checkpoint was written for another architecture or optimizer layout."""
 
 
+class ReferenceMismatchError(ValueError):
+    """A post-training checkpoint was trained against another reference model than the one given now."""
+
+
 class CheckpointDamagedError(ValueError):
     """A checkpoint that cannot be read or does not match its fingerprints (message: step, what failed)."""
+
+
+def _file_in_error(e: BaseException) -> str | None:
+    """The file a storage error names (tensorstore puts it in the exception's cause; the most
+    specific path wins: a data file over the folder of its database), or None."""
+    seen, found = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for m in re.finditer(r'(?:file|object) "([^"]+)"|(gs://[^\s"\',;\]]+)', str(e)):
+            found.append((m.group(1) or m.group(2)).rstrip(":."))
+        e = e.__cause__ or e.__context__
+    return max(found, key=lambda f: f.count("/"), default=None)
 
 
 def _first_line(e: BaseException) -> str:
@@ -66,8 +91,13 @@ def _shape_differences(saved_tree, target_tree) -> list[str]:
 class TrainCheckpointer:
     """Save/restore `(TrainState, Grain iterator)` pairs with async Orbax writes, rotation and verification."""
 
-    def __init__(self, directory: PathLike, config: Config, *, async_save: bool | None = None):
+    def __init__(self, directory: PathLike, config: Config, *, async_save: bool | None = None,
+                 reference: dict | None = None):
+        """`reference`: `{"source", "fingerprint"}` of the run's frozen reference model (post-training),
+        saved with every step and checked on every restore; None: the run has none."""
         import orbax.checkpoint as ocp
+
+        self.reference = reference
 
         self.directory = as_path(directory)
         if is_file(self.directory):
@@ -95,8 +125,6 @@ class TrainCheckpointer:
         """A JSON item of a step (`config`, `integrity`), or CheckpointDamagedError naming it."""
         file = self.directory / str(step) / name / "metadata"
         try:
-            import json
-
             value = json.loads(file.read_text())
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
@@ -132,6 +160,23 @@ class TrainCheckpointer:
                 f"{path_str(self.directory)} step {step} does not match this config: " + "; ".join(problems[:10])
                 + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
 
+    def check_reference(self, step: int) -> None:
+        """Raise `ReferenceMismatchError` unless `step` was trained against this run's reference."""
+        if self.reference is None:
+            return
+        if not is_file(self.directory / str(step) / "reference" / "metadata"):
+            raise ReferenceMismatchError(
+                f"{path_str(self.directory)} step {step} records no reference model, but train.init_from "
+                f"{self.reference['source']} is one: resume it without a reference objective or use a new "
+                f"train.checkpoint_dir")
+        saved = self._json_item(step, "reference")
+        if saved.get("fingerprint") != self.reference["fingerprint"]:
+            raise ReferenceMismatchError(
+                f"{path_str(self.directory)} step {step} was trained against reference {saved.get('source')} "
+                f"(fingerprint {str(saved.get('fingerprint'))[:16]}), not train.init_from "
+                f"{self.reference['source']} (fingerprint {self.reference['fingerprint'][:16]}): resume with "
+                f"the same reference or use a new train.checkpoint_dir")
+
     # -- save / restore --------------------------------------------------------------------
     def save(self, step: int, state, data_iterator=None) -> bool:
         """Start an (async) save of `state`, the iterator position and their fingerprints at `step`."""
@@ -140,7 +185,7 @@ class TrainCheckpointer:
         if is_lead():
             self.directory.mkdir(parents=True, exist_ok=True)
             write_config(self.directory, self.config)
-        record = {"arrays": integrity.array_fingerprints(state)}
+        record = {"arrays": integrity.array_fingerprints(state), "processes": integrity.all_process_fingerprints(state)}
         items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(self.config.to_dict())}
         if data_iterator is not None:
             import grain
@@ -149,51 +194,123 @@ class TrainCheckpointer:
             record["data"] = integrity.all_process_strings(
                 integrity.data_state_fingerprint(data_iterator.get_state()))
         items["integrity"] = ocp.args.JsonSave(record)
+        if self.reference is not None:
+            items["reference"] = ocp.args.JsonSave(self.reference)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def _read(self, step: int, target_state, data_iterator, partial: bool = False):
-        """Restore `step` and verify it; CheckpointDamagedError (step, what failed) otherwise."""
+    def _read_local(self, step: int, target_state, data_iterator, partial: bool):
+        """This process's part of a restore: the step's JSON items, its shards of the state and its
+        iterator file, checked against what can be checked alone. No collective and no barrier, so
+        a process that fails here cannot leave the others waiting; CheckpointDamagedError naming
+        the step (and the file, where the error names it) otherwise."""
         import orbax.checkpoint as ocp
 
         record = self._json_item(step, "integrity")
         self.check_compatible(step, target_state)
+        self.check_reference(step)
+        step_dir = self.directory / str(step)
         restore_args = ocp.checkpoint_utils.construct_restore_args(target_state)
-        items = {"state": ocp.args.PyTreeRestore(item=target_state, restore_args=restore_args,
-                                                 partial_restore=partial),
-                 "config": ocp.args.JsonRestore(), "integrity": ocp.args.JsonRestore()}
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            state = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                item=target_state, restore_args=restore_args, partial_restore=partial))
+        except Exception as e:
+            file = _file_in_error(e)
+            if file is None or file.rstrip("/").endswith("/state"):  # the database, not the file: its own files
+                file = f"{path_str(step_dir / 'state' / f'ocdbt.process_{jax.process_index()}')}/ (this process's files)"
+            raise CheckpointDamagedError(f"checkpoint step {step}: unreadable ({_first_line(e)}) in {file}") from None
+        finally:
+            handler.close()
+        self._check_own_shards(step, state, record)
         if data_iterator is not None:
             import grain
 
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:
-            raise CheckpointDamagedError(f"checkpoint step {step}: unreadable ({_first_line(e)})") from None
-        state = restored["state"]
+            index, count = jax.process_index(), jax.process_count()
+            name = f"data/process_{index}-of-{count}.json"
+            try:
+                data_iterator = grain.checkpoint.CheckpointHandler().restore(
+                    step_dir / "data", args=grain.checkpoint.CheckpointRestore(data_iterator))
+            except Exception as e:
+                raise CheckpointDamagedError(f"checkpoint step {step}: {name} unreadable ({_first_line(e)})") from None
+            saved = record.get("data") or []
+            mine = integrity.data_state_fingerprint(data_iterator.get_state())
+            if len(saved) != count or saved[index] != mine:
+                raise CheckpointDamagedError(f"checkpoint step {step}: {name} failed verification (iterator state "
+                                             f"fingerprint differs from the saved one)")
+        return state, data_iterator, record
+
+    def _check_own_shards(self, step: int, state, record: dict) -> None:
+        """The shards this process owns against the shares of the fingerprints it saved, where it owns
+        the same shards as when saving (same mesh and process count): names this process's files."""
+        saved = record.get("processes")
+        index = jax.process_index()
+        if not isinstance(saved, list) or len(saved) != jax.process_count() or not isinstance(saved[index], dict):
+            return  # written before per-process shares, or by another number of processes: the global check only
+        saved, mine = saved[index], integrity.process_fingerprints(state)
+        bad = [k for k, v in mine.items() if str(saved.get(k, ""))[16:] == v[16:] and saved[k][:16] != v[:16]]
+        if bad:
+            raise CheckpointDamagedError(
+                f"checkpoint step {step}: failed verification (arrays {', '.join(bad[:3])}"
+                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + " differ from what this process saved; "
+                f"its files: {path_str(self.directory / str(step) / 'state' / f'ocdbt.process_{index}')}/)")
+
+    def _verify_arrays(self, step: int, state, record: dict, partial: bool) -> None:
+        """Compare the restored arrays with the saved fingerprints (a computation over the global
+        arrays: every process takes part, and every process gets the same answer)."""
         expected = record.get("arrays") or {}
         actual = integrity.array_fingerprints(state)
         if partial:
             expected = {k: v for k, v in expected.items() if k in actual}
         problems = integrity.differences(expected, actual) if expected else ["no array fingerprints saved"]
-        if data_iterator is not None:
-            mine = integrity.all_process_strings(integrity.data_state_fingerprint(data_iterator.get_state()))
-            if mine != record.get("data"):
-                problems.append("data iterator state fingerprint differs")
         if problems:
             raise CheckpointDamagedError(f"checkpoint step {step}: failed verification ({'; '.join(problems[:3])}"
                                          + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "") + ")")
-        return state, (restored["data"] if data_iterator is not None else None)
+
+    def _read(self, step: int, target_state, data_iterator, partial: bool = False):
+        """Restore `step` and verify it on every process; CheckpointDamagedError (step, process, what
+        failed) on all of them when any one fails, so that all processes take the same decision."""
+        try:
+            state, data_iterator, record = self._read_local(step, target_state, data_iterator, partial)
+            problem = ""
+        except CheckpointDamagedError as e:
+            state, record, problem = None, None, str(e)
+        problems = integrity.all_process_texts(problem)  # the one exchange before anything collective
+        failed = [(i, m) for i, m in enumerate(problems) if m]
+        if failed:
+            if len(problems) == 1:
+                raise CheckpointDamagedError(failed[0][1])
+            raise CheckpointDamagedError(
+                f"checkpoint step {step}: " + "; ".join(f"process {i} of {len(problems)}: "
+                                                        f"{m.removeprefix(f'checkpoint step {step}: ')}"
+                                                        for i, m in failed))
+        self._verify_arrays(step, state, record, partial)
+        return state, data_iterator
 
     def restore(self, step: int, target_state, data_iterator=None):
         """`(state, iterator)` at `step`, placed by the shardings in `target_state` (abstract), verified."""
         return self._read(step, target_state, data_iterator)
 
+    def agreed_steps(self, report=None) -> list[int]:
+        """The steps every process lists (the same list everywhere); a step some process does not
+        see is reported and passed over."""
+        mine = self.all_steps()
+        lists = [json.loads(t) for t in integrity.all_process_texts(json.dumps(mine))]
+        common = sorted(set(mine).intersection(*map(set, lists)))
+        for step in sorted(set().union(*map(set, lists)) - set(common)):
+            missing = [i for i, steps in enumerate(lists) if step not in steps]
+            if report is not None:
+                report(f"checkpoint step {step}: not found by process(es) {', '.join(map(str, missing))} "
+                       f"of {len(lists)} in {path_str(self.directory)}")
+        return common
+
     def restore_latest(self, target_state, data_iterator=None, report=None):
-        """`(state, iterator, step)` of the newest step that reads and verifies; `(None, iterator, None)`
-        when there is no checkpoint. Each step that fails is passed to `report` as one line, and
-        the failed steps newer than the one restored are removed (the run writes them again)."""
+        """`(state, iterator, step)` of the newest step that reads and verifies on every process;
+        `(None, iterator, None)` when there is no checkpoint. Each step that fails (on any process)
+        is passed to `report` as one line naming the process and what failed; the failed steps
+        newer than the one restored are then removed, once, by the lead process (the run writes
+        them again)."""
         failed: list[tuple[int, str]] = []
-        for step in reversed(self.all_steps()):
+        for step in reversed(self.agreed_steps(report)):
             try:
                 state, data_iterator = self._read(step, target_state, data_iterator)
             except CheckpointDamagedError as e:
@@ -203,10 +320,10 @@ class TrainCheckpointer:
                 continue
             if failed:
                 if report is not None:
-                    report(f"resuming from step {step}, the newest checkpoint that verifies; removing damaged "
-                           f"step(s) {', '.join(str(s) for s, _ in failed)}")
+                    report(f"resuming from step {step}, the newest checkpoint that verifies on every process; "
+                           f"removing damaged step(s) {', '.join(str(s) for s, _ in failed)}")
                 for s, _ in failed:
-                    self.manager.delete(s)
+                    self.manager.delete(s)  # every process calls it; Orbax deletes on the primary process only
             return state, data_iterator, step
         if failed:
             raise CheckpointDamagedError(f"no checkpoint in {path_str(self.directory)} verifies: "

@@ -60,6 +60,31 @@ def test_fingerprints_are_exact_and_independent_of_sharding():
     assert data_state_fingerprint('{"b": 1, "a": [2]}') == data_state_fingerprint({"a": [2], "b": 1})
 
 
+def test_process_shares_add_up_to_the_fingerprint_and_name_their_shards():
+    """Each process's share (the shards it owns) of every array; one process owns every shard here,
+    so its shares are the fingerprints, whatever the sharding, replication or element type."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from llada_jax.io.integrity import process_fingerprints
+
+    mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rng = np.random.default_rng(0)
+    tree = {"w": rng.standard_normal((8, 6, 5)).astype(np.float32), "i": np.arange(12, dtype=np.int32).reshape(6, 2),
+            "h": rng.standard_normal((8, 4)).astype(jnp.bfloat16), "b": np.array([True, False, True]),
+            "k": jax.random.split(jax.random.key(1), 4)}
+    specs = {"w": P("a"), "i": P(None, "b"), "h": P("b", "a"), "b": P(), "k": P("a")}
+    sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+    whole = array_fingerprints(sharded)
+    shares = process_fingerprints(sharded)
+    assert {k: v[:16] for k, v in shares.items()} == whole
+    assert whole["w"] == _numpy_fingerprint(tree["w"]) and whole["h"] == _numpy_fingerprint(tree["h"])
+    other = process_fingerprints({**sharded, "w": jax.device_put(tree["w"], NamedSharding(mesh, P(None, "b")))})
+    assert other["w"][:16] == shares["w"][:16] and other["w"][16:] != shares["w"][16:], "layout tag differs"
+    changed = tree["w"].copy()
+    changed[7, 5, 4] += 1
+    assert process_fingerprints({"w": jax.device_put(changed, NamedSharding(mesh, P("a")))})["w"] != shares["w"]
+
+
 def _largest(step_dir):
     files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / "state") for f in fs]
     return max(files, key=os.path.getsize)

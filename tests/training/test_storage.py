@@ -140,25 +140,22 @@ def test_pod_journey_on_a_bucket(pod_bucket, tmp_path):
     assert not (REPO / "gs:").exists()
 
 
-def test_two_processes_checkpoint_to_a_bucket(pod_bucket, tmp_path):
+def _two_process_pretrain(pod_bucket, run_dir, cwd, steps):
+    """`pretrain` as 2 processes (gloo) on localhost, checkpoints every 2 steps in `run_dir`; the outputs."""
     import socket
 
-    from llada_jax.training.metrics import read_metrics
-    from llada_jax.io.paths import as_path
-
     bucket, data, tok = pod_bucket
-    run_dir = f"{bucket}/mh"
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               LLADA_JAX_CACHE=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join(sys.path))
+               LLADA_JAX_CACHE=str(cwd / "cache"), PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "llada_jax.cli", "pretrain", "--config", str(REPO / "configs" / "tiny.yaml"),
            "--no-progress", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-           "train.steps=4", "train.warmup_steps=1", "train.decay_steps=1", "train.batch_size=8",
+           f"train.steps={steps}", "train.warmup_steps=1", "train.decay_steps=1", "train.batch_size=8",
            "train.seq_len=32", "train.log_every=1", "train.checkpoint_every_steps=2", "train.tensorboard=false",
-           f"train.checkpoint_dir={run_dir}", f"train.tokenizer={tok}", f"data.files=[{data}]"]
-    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+           "train.max_to_keep=5", f"train.checkpoint_dir={run_dir}", f"train.tokenizer={tok}", f"data.files=[{data}]"]
+    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = []
     try:
@@ -168,16 +165,97 @@ def test_two_processes_checkpoint_to_a_bucket(pod_bucket, tmp_path):
             p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    assert "pretrain done at step 4" in outs[0], outs[0][-2000:]
-    root = as_path(run_dir)
-    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4"]
-    assert sorted(f.name for f in (root / "4" / "data").glob("*.json")) == ["process_0-of-2.json",
-                                                                            "process_1-of-2.json"]
-    assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == [1, 2, 3, 4]
+    return outs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(pod_bucket, tmp_path_factory):
+    """An uninterrupted 2-process run of 6 steps on the bucket (checkpoints 2, 4, 6) and its losses."""
+    from llada_jax.training.metrics import read_metrics
+
+    bucket = pod_bucket[0]
+    cwd = tmp_path_factory.mktemp("mh")
+    run_dir = f"{bucket}/mh"
+    outs = _two_process_pretrain(pod_bucket, run_dir, cwd, 6)
+    losses = {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+    return run_dir, outs, losses, cwd
+
+
+def test_two_processes_checkpoint_to_a_bucket(two_process_run):
+    from llada_jax.io.paths import as_path
     from llada_jax.training.checkpointer import verify_run
 
-    assert dict(verify_run(run_dir)) == {2: None, 4: None}
-    assert not (tmp_path / "cache").exists(), "each process reads the ArrayRecord file on the bucket"
+    run_dir, outs, losses, cwd = two_process_run
+    assert "pretrain done at step 6" in outs[0], outs[0][-2000:]
+    root = as_path(run_dir)
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
+    assert sorted(f.name for f in (root / "4" / "data").glob("*.json")) == ["process_0-of-2.json",
+                                                                            "process_1-of-2.json"]
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert dict(verify_run(run_dir)) == {2: None, 4: None, 6: None}
+    assert not (cwd / "cache").exists(), "each process reads the ArrayRecord file on the bucket"
+
+
+def _files(root):
+    """Every file under a bucket folder (epath on GCS has no recursive glob)."""
+    for p in root.iterdir():
+        if p.is_dir():
+            yield from _files(p)
+        else:
+            yield p
+
+
+def _copy_steps(src: str, dst: str, steps) -> None:
+    """The run's config and the given step folders, copied object by object on the bucket."""
+    from llada_jax.io.paths import as_path
+
+    src_root, dst_root = as_path(src), as_path(dst)
+    (dst_root / "config.yaml").write_text((src_root / "config.yaml").read_text())
+    for step in steps:
+        for f in _files(src_root / str(step)):
+            target = dst_root / str(step) / str(f.relative_to(src_root / str(step)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+
+
+def _process_1_files(step_dir):
+    """Files of a step that only process 1 reads on restore: its own state shards and iterator state."""
+    shards = [f for f in _files(step_dir / "state") if "ocdbt.process_1" in str(f)]
+    assert shards, sorted(str(f) for f in _files(step_dir / "state"))
+    return max(shards, key=lambda f: len(f.read_bytes())), step_dir / "data" / "process_1-of-2.json"
+
+
+@pytest.mark.parametrize("damage", ["damaged", "missing"])
+def test_two_processes_agree_on_the_step_when_only_one_sees_damage(pod_bucket, two_process_run, tmp_path, damage):
+    """Process 1's files of the newest step (4) are damaged or missing: both processes resume from
+    step 2, the log names the process and the file, step 4 is removed once, and the losses from
+    step 3 on equal the uninterrupted run's."""
+    from llada_jax.io.paths import as_path, path_str
+    from llada_jax.training.metrics import read_metrics
+
+    ref_dir, _, ref_losses, _ = two_process_run
+    run_dir = f"{pod_bucket[0]}/{damage}"
+    _copy_steps(ref_dir, run_dir, [2, 4])
+    shard, data_file = _process_1_files(as_path(run_dir) / "4")
+    if damage == "damaged":
+        raw = bytearray(shard.read_bytes())
+        raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # zeros over 64 bytes of process 1's shard file
+        shard.write_bytes(bytes(raw))
+        named = "ocdbt.process_1"
+    else:
+        data_file.unlink()
+        named = "data/process_1-of-2.json"
+    outs = _two_process_pretrain(pod_bucket, run_dir, tmp_path, 6)
+    log = outs[0]
+    assert "checkpoint step 4: process 1 of 2: " in log and named in log, log[-3000:]
+    assert "resuming from step 2, the newest checkpoint that verifies on every process" in log, log[-3000:]
+    assert "pretrain done at step 6, resumed from step 2" in log, log[-3000:]
+    assert "process 0 of 2" not in log, "process 0 read step 4 intact"
+    losses = {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+    assert sorted(losses) == [3, 4, 5, 6] and all(losses[s] == ref_losses[s] for s in losses), (losses, ref_losses)
+    root = as_path(run_dir)
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4", "6"], path_str(root)
+    assert "checkpoint step 4" not in outs[1], "only the lead process reports"
 
 
 def test_sweep_outputs_on_a_bucket(bucket):
