@@ -7,6 +7,9 @@ The function is compiled once per (shapes, static options) and cached by `jax.ji
 `temperature`, `cfg_scale` and `threshold` are traced values, so sweeping them reuses the
 compiled sampler. Every argument is validated before anything is traced.
 
+Each step's write (proposal, confidence, selection) is `denoise.transfer`, the same function
+the server's slot batch (`serving.slots`) runs with per-row settings.
+
 Only the current block can change in a step, so the output head runs on the block's
 positions alone (`head_start`/`head_length` of the model) in every mode; that is exact,
 because the release gives every other position confidence -inf.
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import ModelConfig, SampleConfig
+from llada_jax.inference.denoise import RowOptions, combine_guidance, transfer
 from llada_jax.model.transformer import MaskPredictor, check_tokens, forward_fill_cache, forward_window
 
 NEVER_WRITTEN = np.iinfo(np.int32).max  # write_step of a position no step wrote
@@ -120,60 +124,6 @@ def format_trajectory(trajectory, decode, mask_id: int, *, mark: str = "░",
 
 
 # ----------------------------------------------------------------------------------------------
-# One step: proposal, confidence, selection
-
-
-def _propose(logits, masked, keys, temperature, plan: Plan, cfg: ModelConfig):
-    """Candidate tokens x0 [B, K] and their confidence (-inf where not masked), docs/semantics.md, Sampling, step 2."""
-    neg_inf = jnp.asarray(-jnp.inf, logits.dtype)
-    if plan.logits_eos_inf:
-        logits = logits.at[..., cfg.eos_token_id].set(neg_inf)
-    gumbel_key, rand_key = (None, None) if keys is None else keys
-    if plan.sample:
-        u = jax.random.uniform(gumbel_key, logits.shape, jnp.float64)
-        scores = jnp.exp(logits.astype(jnp.float64)) / (-jnp.log(u)) ** temperature
-    else:
-        scores = logits
-    # The mask id is never a candidate: the release could "write" it and leave the position masked
-    # (a trained LLaDA never predicts it; an untrained model can, and a block would never finish).
-    x0 = jnp.argmax(scores.at[..., cfg.mask_token_id].set(-jnp.inf), axis=-1).astype(jnp.int32)
-    if plan.confidence_eos_eot_inf:
-        # Release: `logits_with_noise[..., EOS] = logits[..., EOT] = -inf`. At temperature 0 the
-        # noisy logits ARE the logits (same tensor), so EOS is removed from the softmax as well.
-        logits = logits.at[..., cfg.eot_token_id].set(neg_inf)
-        if not plan.sample:
-            logits = logits.at[..., cfg.eos_token_id].set(neg_inf)
-    if plan.remasking == "random":
-        conf = jax.random.uniform(rand_key, masked.shape, jnp.float32)
-    else:
-        # Probabilities of the few tokens needed, from one logsumexp: no [B, K, V] softmax per step.
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        if plan.remasking == "low_confidence":
-            conf = jnp.exp(jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0] - lse)
-        elif plan.remasking == "margin":
-            top2 = jnp.exp(jax.lax.top_k(logits, 2)[0] - lse[..., None])
-            conf = top2[..., 0] - top2[..., 1]
-        else:  # entropy: negative entropy, as Dream
-            probs = jnp.exp(logits - lse[..., None])
-            conf = jnp.sum(probs * jnp.log(probs + 1e-10), axis=-1)
-    conf = jnp.where(masked, conf.astype(jnp.float32), -jnp.inf)
-    return x0, conf
-
-
-def _select_topk(conf, masked, k):
-    """Per row, the k[b] most confident positions (ties: lower index first)."""
-    order = jnp.argsort(-conf, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1)
-    return masked & (rank < k[:, None])
-
-
-def _select_threshold(conf, masked, threshold):
-    """Every masked position with confidence >= threshold, and always the most confident one."""
-    best = jax.nn.one_hot(jnp.argmax(conf, axis=-1), conf.shape[-1], dtype=jnp.bool_)
-    return masked & ((conf >= threshold) | best)
-
-
-# ----------------------------------------------------------------------------------------------
 # The jitted sampler
 
 
@@ -210,22 +160,27 @@ def _sampler_body(params, prompt, prompt_mask, key, temperature, cfg_scale, thre
                                         head_start=0, head_length=k_len)
         if plan.guided:
             cond, uncond = jnp.split(logits, 2, axis=0)
-            logits = uncond + (cfg_scale + 1.0) * (cond - uncond)
+            logits = combine_guidance(cond, uncond, cfg_scale)
         return logits, kv
 
     def step(x, ws, start, cache, first, call, count):
-        """One model call and one transfer; `count` [B] (schedule) or None (threshold)."""
+        """One model call and one transfer (the shared `denoise.transfer`); `count` [B] (schedule)
+        or None (threshold)."""
         logits, cache = block_logits(x, start, cache, first)
         xb = jax.lax.dynamic_slice_in_dim(x, start, k_len, axis=1)
         wb = jax.lax.dynamic_slice_in_dim(ws, start, k_len, axis=1)
-        masked = xb == mask_id
-        keys = step_keys(key, call) if (plan.sample or plan.remasking == "random") else None
-        x0, conf = _propose(logits, masked, keys, temperature, plan, cfg)
-        if count is None:
-            chosen = _select_threshold(conf, masked, threshold)
-        else:
-            chosen = _select_topk(conf, masked, count)
-        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0, xb), start, axis=1)
+        gumbel_u = rand_u = None
+        if plan.sample or plan.remasking == "random":
+            gumbel_key, rand_key = step_keys(key, call)
+            if plan.sample:
+                gumbel_u = jax.random.uniform(gumbel_key, logits.shape, jnp.float64)
+            if plan.remasking == "random":
+                rand_u = jax.random.uniform(rand_key, xb.shape, jnp.float32)
+        opts = RowOptions(remasking=plan.remasking, sample=plan.sample, temperature=temperature,
+                          logits_eos_inf=plan.logits_eos_inf, confidence_eos_eot_inf=plan.confidence_eos_eot_inf,
+                          use_threshold=count is None, threshold=threshold, count=count)
+        new_xb, chosen = transfer(logits, xb, True, opts, cfg, gumbel_u, rand_u)
+        x = jax.lax.dynamic_update_slice_in_dim(x, new_xb, start, axis=1)
         ws = jax.lax.dynamic_update_slice_in_dim(ws, jnp.where(chosen, call, wb), start, axis=1)
         return x, ws, cache
 

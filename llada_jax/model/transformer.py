@@ -89,7 +89,7 @@ class Block(nn.Module):
     collect_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, sin, cos, key_mask, cache_k, cache_v, cache_start):
+    def __call__(self, x, sin, cos, key_mask, cache_k, cache_v, cache_start, cache_fresh=None):
         cfg = self.cfg
         d, n, k, h, m = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_hidden_size
         dt = _dtype(cfg.dtype)
@@ -115,7 +115,14 @@ class Block(nn.Module):
         kk = _constrain(apply_rope(kk, sin, cos), ("act_batch", "act_length", "act_kv_heads", None))
         vv = _constrain(vv, ("act_batch", "act_length", "act_kv_heads", None))
 
-        if cache_k is not None:
+        if cache_k is not None and cache_fresh is not None:
+            # Full-length rows: the positions marked fresh (per row) take this call's keys/values,
+            # the others are read from the cache (a window of any per-row extent).
+            fresh = cache_fresh[:, :, None, None]
+            full_k = jnp.where(fresh, kk.astype(cache_k.dtype), cache_k)
+            full_v = jnp.where(fresh, vv.astype(cache_v.dtype), cache_v)
+            att_k, att_v = full_k.astype(dt), full_v.astype(dt)
+        elif cache_k is not None:
             # Write this window's keys/values into the cache and attend over all of it.
             full_k = jax.lax.dynamic_update_slice_in_dim(cache_k, kk.astype(cache_k.dtype), cache_start, axis=1)
             full_v = jax.lax.dynamic_update_slice_in_dim(cache_v, vv.astype(cache_v.dtype), cache_start, axis=1)
@@ -152,7 +159,7 @@ class MaskPredictor(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, key_mask=None, positions=None, cache=None, cache_start=0,
-                 head_start=None, head_length=None):
+                 head_start=None, head_length=None, cache_fresh=None):
         cfg = self.cfg
         dt = _dtype(cfg.dtype)
         wte = _param(self, "wte", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std, cfg)
@@ -170,16 +177,20 @@ class MaskPredictor(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, nn.broadcast, nn.broadcast),
             length=cfg.n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, collect_kv=self.collect_kv, name="layers")
         ck = cv = None
         if cache is not None:
             ck, cv = cache.k, cache.v
-        x, kv = layers(x, sin, cos, key_mask, ck, cv, jnp.asarray(cache_start, jnp.int32))
+        x, kv = layers(x, sin, cos, key_mask, ck, cv, jnp.asarray(cache_start, jnp.int32), cache_fresh)
 
-        if head_length is not None:
+        if head_length is not None and jnp.ndim(head_start) == 1:  # per-row starts [B]
+            idx = head_start[:, None] + jnp.arange(head_length, dtype=jnp.int32)[None, :]
+            idx = jnp.minimum(idx, x.shape[1] - 1)  # a window running past the row: clamped, unused
+            x = jnp.take_along_axis(x, idx[:, :, None], axis=1)
+        elif head_length is not None:
             x = jax.lax.dynamic_slice_in_dim(x, head_start, head_length, axis=1)
         ln_f = _param(self, "ln_f", (cfg.d_model,), ("norm",), None, cfg)
         x = rms_norm(x, ln_f, cfg.rms_norm_eps)
@@ -308,5 +319,20 @@ def forward_window(params: Params, cfg: ModelConfig, window_tokens, cache: KVCac
     logits, kv = MaskPredictor(cfg).apply(
         {"params": params}, window_tokens, _key_mask(attention_mask), cache=cache, cache_start=start,
         head_start=head_start, head_length=head_length,
+    )
+    return logits, kv
+
+
+def forward_rows(params: Params, cfg: ModelConfig, tokens, attention_mask, *, head_start, head_length: int,
+                 cache: KVCache | None = None, fresh=None) -> tuple[jax.Array, KVCache | None]:
+    """Full-length rows with per-row windows: logits [B, head_length, V] from each row's `head_start` [B].
+
+    With `cache` [.., B, S, ..] and `fresh` bool [B, S], a position's keys/values are this
+    call's where `fresh` is true and the cache's elsewhere (a prefix or dual cache of any
+    per-row extent); the updated cache is returned. Meant to be called inside jitted code.
+    """
+    logits, kv = MaskPredictor(cfg, collect_kv=cache is not None).apply(
+        {"params": params}, tokens, _key_mask(attention_mask), cache=cache, head_start=head_start,
+        head_length=head_length, cache_fresh=None if cache is None else fresh,
     )
     return logits, kv

@@ -1,0 +1,360 @@
+"""The slot batch: requests as rows of one batch, each at its own block and step, stepped together.
+
+A slot batch is a batch with per-row schedules. Each step is one jitted call of `slot_step`:
+one model call over the rows (`model.transformer.forward_rows`, the output head on each row's
+current block only) and one `inference.denoise.transfer` with every setting per row, the
+transfer `sampling.generate` runs too. Between steps the host advances each row's schedule
+(block, step in block, model calls) exactly as `generate`'s loop does, and new requests take
+free rows.
+
+Layout (the answer must equal `generate` on the prompt alone): a row holds its prompt and
+answer at the positions they have alone, `[0, P + G)`, padded at the END to the batch's length
+bucket; pad keys are masked, so they take no part in attention. A request with cfg_scale > 0
+takes two rows: the conditional one and its unconditional copy (prompt positions masked),
+combined as `generate` combines its two halves. Prefix and dual caches are per row: the cache
+is full length and a per-row `fresh` mask says which positions this call recomputes (all at a
+block's first step, which fills the cache; then the block and what follows it, or the block
+only); the others are read from the cache, the keys/values `generate`'s windowed call sees.
+Here the rows are always computed full length, so a cache reproduces `generate`'s results but
+not its savings.
+
+Numerics: XLA's CPU kernels round reductions and small matmuls differently for different
+shapes (batch size and row length both: measured, see the tests' module doc), so the logits of a
+row in a batch agree with the alone call to ~1e-7, not bit for bit; tokens agree unless two
+candidates are that close (a near-tie).
+
+Randomness: the row's request key `jax.random.key(seed)`, step t's keys `step_keys(key, t)`,
+the Gumbel uniforms drawn per row as [1, W, V] (a prefix of which is the alone [1, K, V] draw).
+
+Shapes come from fixed buckets: batch (powers of two up to max_batch), row length
+(`default_length_buckets`) and head window (`window_buckets`: powers of two from 8, at most the row length), times two
+static switches (some row samples; some row has a cache) and the confidence measure (the one
+every row uses, or all of them): `planned_compiles` is their product, `compiles` counts those used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llada_jax.config import REMASKING, ModelConfig
+from llada_jax.inference.denoise import RowOptions, combine_guidance, transfer
+from llada_jax.inference.sampling import Plan, step_keys
+from llada_jax.model.transformer import KVCache, forward_rows
+from llada_jax.serving.requests import RequestError, SamplingRequest
+
+# Columns of the per-row int32 table passed to each step.
+_INT_COLS = ("start", "block_length", "count", "remasking", "call", "src", "partner", "prompt_len", "length",
+             "fresh_from", "fresh_to", "flags")
+_FLAG_BITS = ("write", "uncond", "guided", "sample", "use_threshold", "logits_eos_inf", "confidence_eos_eot_inf")
+_FLOAT_COLS = ("threshold", "cfg_scale")
+
+
+def default_length_buckets(max_seq_len: int) -> tuple[int, ...]:
+    """Row lengths: multiples of 8 up to 64, then four a doubling (<= 25% padding), and max_seq_len."""
+    out = set(range(8, min(64, max_seq_len) + 1, 8))
+    lo = 64
+    while lo < max_seq_len:
+        out.update(range(lo, 2 * lo + 1, lo // 4))
+        lo *= 2
+    return tuple(sorted({b for b in out if b <= max_seq_len} | {max_seq_len}))
+
+
+def _pow2_upto(n: int) -> list[int]:
+    out, b = [], 1
+    while b < n:
+        out.append(b)
+        b *= 2
+    return out + [n]
+
+
+def window_buckets(length: int) -> list[int]:
+    """Head windows for rows of `length`: powers of two from 8 (or `length` if shorter), and `length`."""
+    return [w for w in _pow2_upto(length) if w >= min(8, length)]
+
+
+def _bucket(value: int, buckets) -> int:
+    for b in buckets:
+        if b >= value:
+            return b
+    raise ValueError(f"{value} exceeds the largest bucket {buckets[-1]}")
+
+
+@contextlib.contextmanager
+def _x64(enabled: bool):
+    if not enabled:
+        yield
+        return
+    with jax.enable_x64(True):
+        yield
+
+
+class _Rows(NamedTuple):
+    ints: jax.Array      # int32 [B, len(_INT_COLS)]
+    floats: jax.Array    # float32 [B, len(_FLOAT_COLS)]
+    temperature: jax.Array  # float64 [B] when sampling, else float32
+    key_data: jax.Array  # uint32 [B, 2]: each row's request key
+
+
+def _slot_step_body(params, x, cache, rows: _Rows, *, cfg: ModelConfig, window: int, sample: bool, cached: bool,
+                    remasking: str | None):
+    """One model call and one transfer for every row; returns (tokens, cache). `remasking`: the
+    one confidence measure of every row, or None (rows differ: all measures computed, picked per row)."""
+    b, length = x.shape
+    col = {name: rows.ints[:, i] for i, name in enumerate(_INT_COLS)}
+    flag = {name: (col["flags"] >> i) & 1 == 1 for i, name in enumerate(_FLAG_BITS)}
+    fcol = {name: rows.floats[:, i] for i, name in enumerate(_FLOAT_COLS)}
+    mask_id = jnp.int32(cfg.mask_token_id)
+    pos = jnp.arange(length, dtype=jnp.int32)[None, :]
+    # An unconditional row reads its request's tokens with the prompt masked (classifier-free guidance).
+    tokens = jnp.take(x, col["src"], axis=0)
+    tokens = jnp.where(flag["uncond"][:, None] & (pos < col["prompt_len"][:, None]), mask_id, tokens)
+    key_mask = pos < col["length"][:, None]
+    fresh = None
+    if cached:
+        fresh = (pos >= col["fresh_from"][:, None]) & (pos < col["fresh_to"][:, None])
+    logits, cache = forward_rows(params, cfg, tokens, key_mask, head_start=col["start"], head_length=window,
+                                 cache=cache, fresh=fresh)
+    uncond = jnp.take(logits, col["partner"], axis=0)
+    logits = jnp.where(flag["guided"][:, None, None],
+                       combine_guidance(logits, uncond, fcol["cfg_scale"][:, None, None]), logits)
+
+    offs = jnp.arange(window, dtype=jnp.int32)[None, :]
+    idx = col["start"][:, None] + offs
+    in_block = (offs < col["block_length"][:, None]) & flag["write"][:, None] & (idx < length)
+    xw = jnp.take_along_axis(x, jnp.minimum(idx, length - 1), axis=1)
+    keys = jax.random.wrap_key_data(rows.key_data)
+    gumbel_keys, rand_keys = jax.vmap(step_keys)(keys, col["call"])
+    gumbel_u = None
+    if sample:
+        gumbel_u = jax.vmap(lambda k: jax.random.uniform(k, (1, window, logits.shape[-1]), jnp.float64)[0])(
+            gumbel_keys)
+    rand_u = None
+    if remasking in (None, "random"):
+        rand_u = jax.vmap(lambda k: jax.random.uniform(k, (1, window), jnp.float32)[0])(rand_keys)
+    opts = RowOptions(remasking=col["remasking"] if remasking is None else remasking,
+                      sample=flag["sample"] if sample else False,
+                      temperature=rows.temperature, logits_eos_inf=flag["logits_eos_inf"],
+                      confidence_eos_eot_inf=flag["confidence_eos_eot_inf"], use_threshold=flag["use_threshold"],
+                      threshold=fcol["threshold"], count=col["count"])
+    new_w, _ = transfer(logits, xw, in_block, opts, cfg, gumbel_u, rand_u)
+    write_at = jnp.where(in_block, idx, length)  # out of range: dropped
+    x = x.at[jnp.arange(b, dtype=jnp.int32)[:, None], write_at].set(new_w, mode="drop")
+    return x, cache
+
+
+slot_step = jax.jit(_slot_step_body, static_argnames=("cfg", "window", "sample", "cached", "remasking"),
+                    donate_argnums=(2,))
+
+
+@dataclasses.dataclass
+class _Slot:
+    """Host-side schedule of one request (its conditional row `row`, unconditional `partner`)."""
+
+    request: SamplingRequest
+    plan: Plan
+    row: int
+    partner: int            # the unconditional row, or `row` itself
+    key_data: np.ndarray
+    block: int = 0
+    step_in_block: int = 0
+    calls: int = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return self.plan.prompt_len
+
+    @property
+    def length(self) -> int:
+        return self.plan.prompt_len + self.plan.gen_length
+
+    @property
+    def start(self) -> int:
+        return self.plan.prompt_len + self.block * self.plan.block_length
+
+    def count(self) -> int:
+        k, s, i = self.plan.block_length, self.plan.steps_per_block, self.step_in_block
+        return k // s + (1 if i < k % s else 0)
+
+
+class StepResult(NamedTuple):
+    """A request's state after a step: answer tokens [G], its model calls so far, done, tokens written."""
+
+    slot: int
+    tokens: np.ndarray
+    calls: int
+    done: bool
+    written: int
+
+
+class SlotBatch:
+    """The rows of the slot batch and their schedules (not thread-safe: the scheduler owns it)."""
+
+    def __init__(self, params: Any, cfg: ModelConfig, *, max_batch: int = 8, length_buckets=None):
+        self.params, self.cfg, self.max_batch = params, cfg, max_batch
+        self.length_buckets = tuple(sorted(length_buckets or default_length_buckets(cfg.max_seq_len)))
+        if self.length_buckets[-1] < cfg.max_seq_len:
+            self.length_buckets += (cfg.max_seq_len,)
+        self.batch_buckets = tuple(b for b in _pow2_upto(max_batch))
+        self._slots: dict[int, _Slot] = {}
+        self._owner: list[int | None] = [None] * max_batch   # row -> slot id (its conditional row)
+        self._x = np.full((max_batch, cfg.max_seq_len), cfg.mask_token_id, np.int32)
+        self._cache: KVCache | None = None
+        self._shapes: set[tuple] = set()
+
+    # -- capacity
+    @property
+    def planned_compiles(self) -> int:
+        windows = sum(len(window_buckets(lb)) for lb in self.length_buckets)
+        return len(self.batch_buckets) * windows * 4 * (len(REMASKING) + 1)
+
+    @property
+    def compiles(self) -> int:
+        return len(self._shapes)
+
+    @property
+    def free_rows(self) -> int:
+        return self._owner.count(None)
+
+    @property
+    def busy_rows(self) -> int:
+        return self.max_batch - self.free_rows
+
+    @staticmethod
+    def rows_needed(request: SamplingRequest) -> int:
+        return 2 if request.cfg_scale > 0 else 1
+
+    def check(self, request: SamplingRequest) -> Plan:
+        """Validate a request for this model (RequestError) and return its plan."""
+        plan = request.plan(self.cfg)
+        if request.needs_key and request.seed is None:
+            raise RequestError("seed", "temperature > 0 and remasking='random' need a seed")
+        return plan
+
+    # -- admission
+    def admit(self, request: SamplingRequest) -> int:
+        """Put a request into the lowest free rows; returns its slot id."""
+        plan = self.check(request)
+        free = [i for i, o in enumerate(self._owner) if o is None][: self.rows_needed(request)]
+        if len(free) < self.rows_needed(request):
+            raise RuntimeError("no free slot")
+        row = free[0]
+        partner = free[-1]
+        key = jax.random.key(0 if request.seed is None else request.seed)
+        slot = _Slot(request, plan, row, partner, np.asarray(jax.random.key_data(key), np.uint32))
+        for r in free:
+            self._owner[r] = row
+        self._x[row] = self.cfg.mask_token_id
+        self._x[row, : plan.prompt_len] = request.prompt_ids
+        self._slots[row] = slot
+        return row
+
+    def reset(self) -> None:
+        """Drop every request and the cache (after a failed step, whose donated cache is gone)."""
+        self._slots.clear()
+        self._owner = [None] * self.max_batch
+        self._cache = None
+
+    def release(self, slot_id: int) -> None:
+        """Free the rows of a slot (finished, cancelled or failed)."""
+        self._slots.pop(slot_id, None)
+        self._owner = [None if o == slot_id else o for o in self._owner]
+
+    # -- one step
+    def _table(self, nb: int):
+        ints = np.zeros((nb, len(_INT_COLS)), np.int32)
+        floats = np.zeros((nb, len(_FLOAT_COLS)), np.float32)
+        temperature = np.zeros(nb, np.float64)
+        key_data = np.zeros((nb, 2), np.uint32)
+        ci = {n: i for i, n in enumerate(_INT_COLS)}
+        ints[:, ci["src"]] = ints[:, ci["partner"]] = np.arange(nb)
+        ints[:, ci["fresh_to"]] = self.cfg.max_seq_len
+        for s in self._slots.values():
+            req, plan = s.request, s.plan
+            first = s.step_in_block == 0
+            fresh_from, fresh_to = 0, self.cfg.max_seq_len
+            if plan.cache is not None and not first:
+                fresh_from = s.start
+                if plan.cache == "dual":
+                    fresh_to = s.start + plan.block_length
+            rows = [(s.row, False)] + ([(s.partner, True)] if s.partner != s.row else [])
+            for r, is_uncond in rows:
+                bits = dict(write=not is_uncond, uncond=is_uncond, guided=plan.guided and not is_uncond,
+                            sample=plan.sample, use_threshold=plan.use_threshold,
+                            logits_eos_inf=plan.logits_eos_inf, confidence_eos_eot_inf=plan.confidence_eos_eot_inf)
+                flags = sum(1 << i for i, n in enumerate(_FLAG_BITS) if bits[n])
+                values = dict(start=s.start, block_length=plan.block_length,
+                              count=0 if plan.use_threshold else s.count(), remasking=REMASKING.index(plan.remasking),
+                              call=s.calls, src=s.row, partner=s.partner, prompt_len=plan.prompt_len, length=s.length,
+                              fresh_from=fresh_from, fresh_to=fresh_to, flags=flags)
+                ints[r] = [values[n] for n in _INT_COLS]
+                floats[r] = [1.0 if req.threshold is None else req.threshold, req.cfg_scale]
+                temperature[r] = req.temperature
+                key_data[r] = s.key_data
+        return ints, floats, temperature, key_data
+
+    def step(self) -> list[StepResult]:
+        """One model call over the occupied rows; every request's state after it."""
+        if not self._slots:
+            return []
+        used = [i for i, o in enumerate(self._owner) if o is not None]
+        nb = _bucket(max(used) + 1, self.batch_buckets)
+        lb = _bucket(max(s.length for s in self._slots.values()), self.length_buckets)
+        window = _bucket(max(s.plan.block_length for s in self._slots.values()), window_buckets(lb))
+        sample = any(s.plan.sample for s in self._slots.values())
+        cached = any(s.plan.cache is not None for s in self._slots.values())
+        kinds = {s.plan.remasking for s in self._slots.values()}
+        remasking = kinds.pop() if len(kinds) == 1 else None
+        cache = self._layout_cache(nb, lb) if cached else None
+        ints, floats, temperature, key_data = self._table(nb)
+        self._shapes.add((nb, lb, window, sample, cached, remasking))
+        with _x64(sample):
+            rows = _Rows(jnp.asarray(ints), jnp.asarray(floats),
+                         jnp.asarray(temperature, jnp.float64 if sample else jnp.float32), jnp.asarray(key_data))
+            x, cache = slot_step(self.params, jnp.asarray(self._x[:nb, :lb]), cache, rows, cfg=self.cfg,
+                                 window=window, sample=sample, cached=cached, remasking=remasking)
+        self._cache = cache
+        before = self._x[:nb, :lb]
+        after = np.asarray(x)
+        written = (before != after).sum(axis=1)
+        self._x[:nb, :lb] = after
+        return [self._advance(s, int(written[s.row])) for s in list(self._slots.values())]
+
+    def _advance(self, s: _Slot, written: int) -> StepResult:
+        """Move a request's schedule past the step just run, as `generate`'s loop does."""
+        plan = s.plan
+        s.calls += 1
+        s.step_in_block += 1
+        block = self._x[s.row, s.start: s.start + plan.block_length]
+        if plan.use_threshold:
+            block_done = not (block == self.cfg.mask_token_id).any()
+        else:
+            block_done = s.step_in_block == plan.steps_per_block
+        if block_done:
+            s.block += 1
+            s.step_in_block = 0
+        done = s.block == plan.num_blocks
+        answer = self._x[s.row, plan.prompt_len: s.length].copy()
+        return StepResult(s.row, answer, s.calls, done, written)
+
+    def _layout_cache(self, nb: int, lb: int) -> KVCache:
+        """The cache in shape [layers, nb, lb, ...]: kept rows/positions carried over, the rest zero."""
+        cfg = self.cfg
+        shape = (cfg.n_layers, nb, lb, cfg.n_kv_heads, cfg.head_dim)
+        old = self._cache
+        if old is not None and old.k.shape == shape:
+            return old
+
+        def relayout(a):
+            new = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+            if a is None:
+                return new
+            b, l = min(nb, a.shape[1]), min(lb, a.shape[2])
+            return new.at[:, :b, :l].set(a[:, :b, :l])
+
+        return KVCache(relayout(None if old is None else old.k), relayout(None if old is None else old.v))
