@@ -17,3 +17,13 @@ part sampler_8b_b1 150 "$PY" benchmarks/sampler.py --config llada-8b --batch 1 -
 part sampler_8b_b8 90 "$PY" benchmarks/sampler.py --config llada-8b --batch 8 --modes exact --repeats 1
 part sampler_1b_b1 90 "$PY" benchmarks/sampler.py --config llada-1b --batch 1 --modes exact,prefix,dual,threshold --repeats 2
 part train_1b 120 "$PY" benchmarks/train_step.py --config configs/llada-1b.yaml --steps 5 train.seq_len=2048 train.batch_size=8
+# Serving (issue 15): the scheduler in-process (no HTTP: the image lacks starlette/uvicorn/openai) at the
+# LLaDA-8B shape, random bf16 weights, concurrency 1/8/32 against sequential lj.generate and static batches.
+# The HTTP stack, when wheels are shipped in .whl/, goes to /tmp/site (PYTHONPATH) for `llada-jax serve`.
+if [ -d .whl ] && ! "$PY" -c "import starlette, uvicorn, prometheus_client" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --find-links .whl --target /tmp/site starlette uvicorn prometheus-client openai httpx \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+part serving_8b 240 "$PY" benchmarks/serving.py --engine --config llada-8b --dtype bfloat16 --concurrency 1 8 32 \
+  --requests 32 --requests-per-client 1 --min-requests 2 --baseline-requests 2 --rate 0 \
+  --prompt-lengths 64 --max-tokens 128 --steps 128 --block-length 32 --json-out "$OUT/serving_8b.json"
