@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from llada_jax.cli.parser import OneLineParser
 from llada_jax.cli.options import add_model_flags, add_sampler_flags, checkpoint_tokenizer, eval_mesh, sample_flags
 
 
@@ -87,9 +88,12 @@ def _load(args):
 def _cmd_eval(args: argparse.Namespace) -> int:
     from llada_jax.config import SampleConfig
     from llada_jax.evaluation.evaluate import evaluate
+    from llada_jax.io.paths import as_path
 
     task = _task(args)
     sample = SampleConfig.from_dict(_settings(args, task))
+    if args.output and as_path(args.output).is_dir():  # found now, not after the whole evaluation
+        raise IsADirectoryError(f"--output {args.output} is a directory; expected the JSON file to write")
     tokenizer, cfg, params = _load(args)
     result = evaluate(params, cfg, tokenizer, task, sample, batch_size=args.batch_size, seed=args.seed,
                       chat=not args.no_chat, mesh=eval_mesh(args.mesh), mc_num=args.mc_num,
@@ -122,9 +126,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from llada_jax.evaluation.sweep import (CSV_NAME, PLOT_CALLS, PLOT_SPEED, TABLE_NAME, count_cells, grid_cells,
                                             parse_grid, run_sweep)
-    from llada_jax.io.paths import as_path, path_str
+    from llada_jax.io.paths import as_path, is_file, path_str
 
     grid = parse_grid(args.grid)          # bad keys / values fail here, before anything loads
+    if is_file(args.out):
+        raise NotADirectoryError(f"--out {path_str(as_path(args.out))} is a file; expected a directory")
     task = _task(args)
     settings = _settings(args, task)      # validated per cell, after the grid applies
     total = len(grid_cells(settings, grid))
@@ -203,7 +209,7 @@ LM_EVAL_USAGE = """llada-jax lm-eval: lm-evaluation-harness with the llada_jax m
 
 
 def _recipe_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llada-jax lm-eval", add_help=False,
+    p = OneLineParser(prog="llada-jax lm-eval", add_help=False,
                                 description="run an evaluation recipe through lm-eval, one task row at a time")
     p.add_argument("--recipe", type=Path, required=True, help="recipe YAML (configs/eval/*.yaml)")
     p.add_argument("--tasks", default=None, help="comma-separated rows of the recipe to run (default: all)")

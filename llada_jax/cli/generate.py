@@ -21,9 +21,9 @@ from llada_jax.cli.options import (MASK_MARK, NEWLINE_MARK, add_model_flags, add
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file is not None:
-        if not args.prompt_file.is_file():
-            raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist")
-        lines = args.prompt_file.read_text().splitlines()
+        from llada_jax.io.paths import read_text
+
+        lines = read_text(args.prompt_file, "prompt file").splitlines()
         prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
     if not prompts:
         raise ValueError("give --prompt TEXT or --prompt-file FILE (one prompt a line)")

@@ -4,7 +4,7 @@ Each group module (`tools`, `train`, `evaluate`, `generate`) lists its subcomman
 each an `_add_<name>(subparsers)` that sets `func`. Errors the user can fix (bad config,
 missing or damaged files, a checkpoint that does not verify) are printed as one line and exit
 with status 2; so is a path that cannot be written (`FileExistsError`, `IsADirectoryError`,
-`NotADirectoryError`, `PermissionError`).
+`NotADirectoryError`, `PermissionError`); a bad flag too (`cli.parser.OneLineParser`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import sys
 
 from llada_jax.cli.evaluate import EVAL_SUBCOMMANDS
 from llada_jax.cli.generate import GENERATE_SUBCOMMANDS
+from llada_jax.cli.parser import OneLineParser
+from llada_jax.cli.serve import SERVE_SUBCOMMANDS
 from llada_jax.cli.tools import TOOL_SUBCOMMANDS
 from llada_jax.cli.train import TRAIN_SUBCOMMANDS
 
 # Subcommand registrars, in the order `--help` lists them.
-SUBCOMMANDS = [*TOOL_SUBCOMMANDS, *TRAIN_SUBCOMMANDS, *EVAL_SUBCOMMANDS, *GENERATE_SUBCOMMANDS]
+SUBCOMMANDS = [*TOOL_SUBCOMMANDS, *TRAIN_SUBCOMMANDS, *EVAL_SUBCOMMANDS, *GENERATE_SUBCOMMANDS,
+               *SERVE_SUBCOMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llada-jax", description="LLaDA masked diffusion LM in JAX")
+    parser = OneLineParser(prog="llada-jax", description="LLaDA masked diffusion LM in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

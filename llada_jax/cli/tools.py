@@ -32,7 +32,8 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from llada_jax.io.tokenizer import load_tokenizer, train_tokenizer
 
     files = expand_files(args.input)
-    out = train_tokenizer(files, args.output, args.vocab_size, model_type=args.model_type)
+    out = train_tokenizer(files, args.output, args.vocab_size, model_type=args.model_type,
+                          character_coverage=args.character_coverage)
     tok = load_tokenizer(out)
     print(f"trained {out} on {len(files)} file(s): vocab {tok.vocab_size}, bos {tok.bos_id}, eos/pad {tok.eos_id}, "
           f"mask {tok.mask_id}, eot {tok.eot_id}")
@@ -47,6 +48,10 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument("--output", required=True,
                    help="model prefix: writes PREFIX.model (and PREFIX.vocab when local); local or gs://...")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    p.add_argument("--character-coverage", type=float, default=1.0, metavar="FRACTION",
+                   help="share of the corpus's characters that get their own piece, in (0, 1]; the rarest "
+                        "others are spelled as bytes (lower it when the corpus has more distinct characters "
+                        "than the vocabulary holds; default 1.0)")
     p.set_defaults(func=_cmd_train_tokenizer)
 
 

@@ -33,6 +33,7 @@ import yaml
 
 from llada_jax.config import SAMPLE_FIELDS, ConfigError, SampleConfig, did_you_mean
 from llada_jax.config.base import coerce, format_value
+from llada_jax.io.paths import read_text
 
 # The release's option names -> ours (eval_llada.py, opencompass/models/dllm.py).
 ALIASES = {
@@ -149,10 +150,9 @@ def _row(name: str, raw: Any, file_defaults: dict, chat_default: bool, where: st
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every error names the file and the row."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {path} does not exist")
+    text = read_text(path, "recipe file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

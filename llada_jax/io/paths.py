@@ -58,6 +58,8 @@ def write_bytes(path: PathLike, data: bytes) -> None:
     if is_remote(p):
         p.write_bytes(data)
         return
+    if p.is_dir():  # else the temporary file is written and then left behind by the failed replace
+        raise IsADirectoryError(f"{path_str(p)} is a directory; expected a file path")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
     tmp.write_bytes(data)
@@ -66,6 +68,21 @@ def write_bytes(path: PathLike, data: bytes) -> None:
 
 def write_text(path: PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def read_text(path: PathLike, what: str = "file") -> str:
+    """The UTF-8 text of the file `path` (local or URL); `what` names it in the errors
+    (missing, a directory, not UTF-8 text)."""
+    p = as_path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {path_str(p)} is a directory, not a file")
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {path_str(p)} does not exist")
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path_str(p)}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
 
 
 def is_file(path: PathLike) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Mapping, Sequence
 
 from llada_jax.io.paths import as_path, is_file, is_remote, path_str, write_bytes
@@ -111,7 +112,12 @@ class SentencePieceTokenizer(Tokenizer):
             if not is_file(path):
                 raise FileNotFoundError(f"sentencepiece model {path_str(path)} does not exist")
             self._proto = path.read_bytes()
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(self._proto)
+        except RuntimeError:  # sentencepiece's parse error names neither the file nor the cause
+            where = "sentencepiece model" if isinstance(model, bytes) else path_str(path)
+            raise ValueError(f"{where}: not a sentencepiece model (the file does not parse as one)") from None
         self.vocab_size = int(self._sp.vocab_size())
         self.bos_id = self._control_id(self._sp.bos_id(), "BOS")
         self.eos_id = self._control_id(self._sp.eos_id(), "EOS")
@@ -204,6 +210,21 @@ class HFTokenizer(Tokenizer):
         self.__init__(state["path"], **state["names"])
 
 
+def decode_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
+    """Text of the generated ids before the first stop id (EOS / end-of-turn).
+
+    Ids past the tokenizer's vocabulary (a model's embedding may be padded larger) have no
+    text and are dropped.
+    """
+    ids = [int(i) for i in ids]
+    stops = set(int(s) for s in stop_ids)
+    for n, i in enumerate(ids):
+        if i in stops:
+            ids = ids[:n]
+            break
+    return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size]).strip()
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a sentencepiece `.model`, a HF `tokenizer.json`, or a directory holding one of them."""
     p = as_path(path)
@@ -251,6 +272,8 @@ def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.P
         raise ValueError(f"train_tokenizer: vocab_size {vocab_size} is too small; byte fallback needs >= {minimum}")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"train_tokenizer: model_type '{model_type}' is not one of 'bpe', 'unigram'")
+    if not 0.0 < character_coverage <= 1.0:
+        raise ValueError(f"train_tokenizer: character_coverage {character_coverage} is outside (0, 1]")
     prefix = as_path(model_prefix)
     out = prefix.with_name(prefix.name + ".model")
     remote = is_remote(prefix) or any(is_remote(f) for f in files)
@@ -260,16 +283,19 @@ def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.P
     else:
         prefix.parent.mkdir(parents=True, exist_ok=True)
         where = dict(input=[str(f) for f in files], model_prefix=str(prefix))
-    spm.SentencePieceTrainer.train(
-        **where, vocab_size=vocab_size, model_type=model_type,
-        unk_id=RESERVED_IDS["unk"], bos_id=RESERVED_IDS["bos"], eos_id=RESERVED_IDS["eos"], pad_id=-1,
-        user_defined_symbols=list(_USER_SYMBOLS), byte_fallback=True, character_coverage=character_coverage,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True, split_digits=True, hard_vocab_limit=False,
-        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        max_sentence_length=max_sentence_length, num_threads=num_threads or min(8, os.cpu_count() or 1),
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            **where, vocab_size=vocab_size, model_type=model_type,
+            unk_id=RESERVED_IDS["unk"], bos_id=RESERVED_IDS["bos"], eos_id=RESERVED_IDS["eos"], pad_id=-1,
+            user_defined_symbols=list(_USER_SYMBOLS), byte_fallback=True, character_coverage=character_coverage,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True, split_digits=True, hard_vocab_limit=False,
+            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            max_sentence_length=max_sentence_length, num_threads=num_threads or min(8, os.cpu_count() or 1),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise _training_error(e, files, vocab_size, character_coverage) from None
     if remote:
         write_bytes(out, writer.getvalue())
     tok = SentencePieceTokenizer(out)
@@ -278,6 +304,28 @@ def train_tokenizer(files: Sequence[str | os.PathLike], model_prefix: str | os.P
     if wrong:  # sentencepiece changed its id assignment: refuse rather than train a mismatched model
         raise RuntimeError(f"train_tokenizer: reserved ids not where expected: {wrong}")
     return out
+
+
+def _training_error(error: RuntimeError, files, vocab_size: int, character_coverage: float) -> ValueError:
+    """sentencepiece's trainer error as one line naming the input and what to change.
+
+    The trainer reports "Vocabulary size is smaller than required_chars. 300 vs 362" when the
+    corpus's characters (kept at `character_coverage`) plus the reserved and byte pieces do not
+    fit: the second number is the smallest vocabulary that does.
+    """
+    text = " ".join(str(error).split())
+    names = ", ".join(path_str(f) for f in files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+    needed = re.search(r"required_chars\. \d+ vs (\d+)", text)
+    if needed:
+        return ValueError(
+            f"train_tokenizer: vocab_size {vocab_size} is too small for {names}: its characters at character_coverage "
+            f"{character_coverage:g} need a vocabulary of at least {needed.group(1)}; raise the vocabulary size, or "
+            f"lower the character coverage (character_coverage, --character-coverage, e.g. 0.9995) so rare "
+            f"characters are spelled as bytes")
+    if "sentences_.empty()" in text:
+        return ValueError(f"train_tokenizer: no text to train on in {names} (the files are empty or blank)")
+    return ValueError(f"train_tokenizer: sentencepiece could not train on {names}: "
+                      + re.sub(r"^INTERNAL: \S+ \[[^]]*\] ?", "", text))
 
 
 def _lines(files) -> Iterable[str]:

@@ -65,6 +65,8 @@ def parse_topology(topology: str) -> tuple[str, tuple[int, ...]]:
 def topology_kwargs(topology: str, num_slices: int = 1) -> dict[str, Any]:
     """`get_topology_desc` keyword arguments describing `topology` (x `num_slices` over DCN)."""
     family, dims = parse_topology(topology)
+    if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+        raise ValueError(f"num_slices: must be a positive integer (slices joined over DCN), got {num_slices!r}")
     single_chip = math.prod(dims) == 1
     if len(dims) == 3:  # v4 / v5p: megacore chips, torus when the slice is a full cube or more
         torus = all(d >= 4 for d in dims)

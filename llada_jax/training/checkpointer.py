@@ -21,11 +21,16 @@ def verify_run(run_dir: PathLike) -> list[tuple[int, str | None]]:
 
     run_dir = as_path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {path_str(run_dir)} does not exist")
+        kind = "is a file, not a directory" if run_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"run directory {path_str(run_dir)} {kind}")
     config = read_config(run_dir) if is_file(run_dir / CONFIG_FILE) else None
     mesh = make_mesh(MeshConfig(), jax.devices())
     ckpt = TrainCheckpointer(run_dir, config if config is not None else config_from_dict({}), async_save=False)
     try:
-        return ckpt.verify(lambda c: abstract_state(c, mesh))
+        results = ckpt.verify(lambda c: abstract_state(c, mesh))
     finally:
         ckpt.close()
+    if not results:  # a mistyped folder would otherwise "verify" with nothing checked
+        raise FileNotFoundError(f"{path_str(run_dir)}: no checkpoints to verify (no step folders: not a training run, "
+                                f"or none saved yet)")
+    return results

@@ -29,6 +29,8 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir, out_path = Path(run_dir), Path(out_path)
+    if out_path.is_dir():  # savefig would write out_path.png beside it
+        raise IsADirectoryError(f"{out_path} is a directory; expected the PNG file to write")
     records = [r for r in read_metrics(run_dir) if "step" in r]
     if not any("loss" in r for r in records):
         raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no training records to plot")

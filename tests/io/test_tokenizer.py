@@ -99,6 +99,47 @@ def test_train_tokenizer_errors(tmp_path):
         load_tokenizer(tmp_path / "a.txt")
 
 
+def _many_characters(directory):
+    """A corpus of 10 frequent and 200 rare characters (one occurrence each), no spaces."""
+    common = "abcdefghij" * 50
+    rare = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 200))
+    path = directory / "wide.txt"
+    path.write_text("\n".join([common] * 100 + [rare[i:i + 20] for i in range(0, 200, 20)]) + "\n")
+    return path, len(set(common + rare))
+
+
+def test_corpus_with_more_characters_than_the_vocabulary(tmp_path):
+    corpus, distinct = _many_characters(tmp_path)
+    needed = distinct + 256 + len(RESERVED_IDS)  # a piece per character, the 256 bytes, the reserved pieces
+    with pytest.raises(ValueError) as e:
+        train_tokenizer([corpus], tmp_path / "small", 300)
+    message = str(e.value)
+    assert "\n" not in message and str(corpus) in message
+    assert "vocab_size 300 is too small" in message and f"at least {needed};" in message
+    assert "--character-coverage" in message
+    assert not (tmp_path / "small.model").exists()
+    text = corpus.read_text()
+    # The size the message names is enough ...
+    tok = load_tokenizer(train_tokenizer([corpus], tmp_path / "fit", needed))
+    assert tok.vocab_size == needed and tok.decode(tok.encode(text)) == text
+    # ... and so is a lower coverage at the first size: the rare characters are spelled as bytes.
+    tok = load_tokenizer(train_tokenizer([corpus], tmp_path / "cover", 300, character_coverage=0.99))
+    assert tok.vocab_size <= 300 and tok.decode(tok.encode(text)) == text
+    rare = chr(0x4E00)
+    assert [tok.id_to_piece(i) for i in tok.encode(rare)] == [f"<0x{b:02X}>" for b in rare.encode()]
+    with pytest.raises(ValueError, match=r"character_coverage 0.0 is outside \(0, 1\]"):
+        train_tokenizer([corpus], tmp_path / "zero", 300, character_coverage=0.0)
+
+
+def test_empty_corpus_and_unparsable_model(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match=f"no text to train on in {tmp_path / 'empty.txt'}"):
+        train_tokenizer([tmp_path / "empty.txt"], tmp_path / "m", 300)
+    (tmp_path / "junk.model").write_bytes(bytes(range(200, 256)) * 10)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'junk.model'}: not a sentencepiece model"):
+        load_tokenizer(tmp_path / "junk.model")
+
+
 # ---------------------------------------------------------------- HF tokenizer.json
 HF_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
                "<|eot_id|>"]
@@ -167,3 +208,7 @@ def test_cli_train_tokenizer(tmp_path, capsys):
     assert tok.decode(tok.encode("the lazy fox")) == "the lazy fox"
     assert main(["train-tokenizer", "--input", str(tmp_path / "nope.txt"), "--vocab-size", "300",
                  "--output", str(tmp_path / "x")]) == 2
+    wide, _ = _many_characters(tmp_path)
+    assert main(["train-tokenizer", "--input", str(wide), "--vocab-size", "300", "--output", str(tmp_path / "w"),
+                 "--character-coverage", "0.99"]) == 0
+    assert load_tokenizer(tmp_path / "w.model").vocab_size <= 300
