@@ -1,4 +1,4 @@
-"""`llada-jax` training subcommands: pretrain, sft, export, compile-check, quickstart, plot.
+"""`llada-jax` training subcommands: pretrain, sft, vrpo, grpo, export, compile-check, quickstart, plot.
 
 Thin: parse, start multi-host if asked, call the library, print a summary. Registered in
 `cli.main` through `TRAIN_SUBCOMMANDS`.
@@ -28,16 +28,18 @@ def _cmd_train(args: argparse.Namespace, objective: str) -> int:
     from llada_jax.training import preemption
 
     preemption.install()  # before the slow imports and compiles: a SIGTERM from now on exits 0
+    from llada_jax.config import load_config
+
+    # A bad file or override is refused before JAX and the multi-host start.
+    config = load_config(args.config, [*args.overrides, f"train.objective={objective}"])
     from llada_jax.training.distributed import initialize
 
     info = initialize(args.coordinator, args.num_processes, args.process_id, mode=args.distributed)
     import jax
 
-    from llada_jax.config import load_config
     from llada_jax.training.loop import make_dataset, run_training
     from llada_jax.training.timing import format_summary
 
-    config = load_config(args.config, [*args.overrides, f"train.objective={objective}"])
     lead = jax.process_index() == 0
     if lead:
         print(f"{objective}: {config.model.num_params() / 1e6:.1f}M params, {jax.device_count()} devices "
@@ -76,6 +78,16 @@ def _add_sft(sub) -> None:
     _add_train_parser(sub, "sft", "supervised fine-tuning on prompt/response rows (prompt never masked)")
 
 
+def _add_vrpo(sub) -> None:
+    _add_train_parser(sub, "vrpo", "preference optimisation (VRPO, LLaDA 1.5) on prompt/chosen/rejected rows, from "
+                                   "train.init_from (also the frozen reference)")
+
+
+def _add_grpo(sub) -> None:
+    _add_train_parser(sub, "grpo", "reinforcement learning (diffu-GRPO, d1) on prompt/answer rows with a reward, from "
+                                   "train.init_from (also the frozen reference)")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from llada_jax.io.run_checkpoint import export_checkpoint
 
@@ -101,7 +113,7 @@ def _cmd_compile_check(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.search:
         policies = args.policies.split(",") if args.policies else None
-        accums = [int(a) for a in args.grad_accum.split(",")] if args.grad_accum else None
+        accums = _positive_ints("--grad-accum", args.grad_accum) if args.grad_accum else None
         result = cc.search_plans(config, args.topology, num_slices=args.num_slices, policies=policies,
                                  grad_accums=accums)
         print(json.dumps(result) if args.json else cc.format_search(result))
@@ -109,6 +121,17 @@ def _cmd_compile_check(args: argparse.Namespace) -> int:
     report = cc.compile_check(config, args.topology, num_slices=args.num_slices)
     print(json.dumps(report) if args.json else cc.format_report(report))
     return 0 if report["fits"] is not False else 1
+
+
+def _positive_ints(flag: str, text: str) -> list[int]:
+    """A comma-separated list of positive integers given to `flag`."""
+    try:
+        values = [int(a) for a in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated positive integers, e.g. 1,2,4")
+    return values
 
 
 def _add_compile_check(sub) -> None:
@@ -182,6 +205,6 @@ def _add_plot(sub) -> None:
 
 
 
-TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_export, _add_verify, _add_compile_check, _add_quickstart,
+TRAIN_SUBCOMMANDS = [_add_pretrain, _add_sft, _add_vrpo, _add_grpo, _add_export, _add_verify, _add_compile_check, _add_quickstart,
                      _add_plot]
 

@@ -5,12 +5,14 @@ The bottom layer: imports nothing else of llada_jax. `base` holds the dataclass 
 """
 
 from llada_jax.config.base import NONE_WORDS, ConfigBase, ConfigError, did_you_mean
-from llada_jax.config.sections import (ATTENTION_IMPLS, CACHES, DATA_FORMATS, DECAY_SHAPES, DTYPES, OBJECTIVES,
-                                       REMASKING, REMAT_POLICIES, SAMPLE_FIELDS, SECTIONS, THRESHOLD_REMASKING, Config,
-                                       DataConfig, MeshConfig, ModelConfig, SampleConfig, Section, TrainConfig,
+from llada_jax.config.sections import (ATTENTION_IMPLS, CACHES, DATA_FORMATS, DECAY_SHAPES, DTYPES, GRPO_REWARDS,
+                                       OBJECTIVES, REFERENCE_OBJECTIVES, REMASKING, REMAT_POLICIES, SAMPLE_FIELDS,
+                                       SECTIONS, THRESHOLD_REMASKING, VRPO_ALLOCATIONS, Config, DataConfig, GrpoConfig,
+                                       MeshConfig, ModelConfig, SampleConfig, Section, TrainConfig, VrpoConfig,
                                        config_from_dict, load_config, section_of)
 
 __all__ = ["NONE_WORDS", "ConfigBase", "ConfigError", "did_you_mean", "ATTENTION_IMPLS", "CACHES", "DATA_FORMATS",
            "DECAY_SHAPES", "DTYPES", "OBJECTIVES", "REMASKING", "REMAT_POLICIES", "SAMPLE_FIELDS", "SECTIONS",
            "THRESHOLD_REMASKING", "Config", "DataConfig", "MeshConfig", "ModelConfig", "SampleConfig", "Section",
-           "TrainConfig", "config_from_dict", "load_config", "section_of"]
+           "TrainConfig", "config_from_dict", "load_config", "section_of", "GRPO_REWARDS", "REFERENCE_OBJECTIVES",
+           "VRPO_ALLOCATIONS", "GrpoConfig", "VrpoConfig"]

@@ -1,4 +1,4 @@
-"""The run's configuration: the frozen sections (model, sample, train, mesh, data) and YAML loading.
+"""The run's configuration: the frozen sections (model, sample, train, mesh, data, vrpo, grpo) and YAML loading.
 
 A YAML file holds one mapping per section (`model:`, `sample:`, ... as registered in
 `SECTIONS`); a file without sections is read as a model config. Overrides are dotted
@@ -16,7 +16,7 @@ import yaml
 
 from llada_jax.config.base import NONE_WORDS, ConfigBase, ConfigError, did_you_mean
 
-__all__ = ["ConfigError", "ModelConfig", "SampleConfig", "TrainConfig", "MeshConfig", "DataConfig", "Config",
+__all__ = ["ConfigError", "ModelConfig", "SampleConfig", "TrainConfig", "MeshConfig", "DataConfig", "VrpoConfig", "GrpoConfig", "Config",
            "Section", "SECTIONS", "SAMPLE_FIELDS", "load_config", "config_from_dict", "section_of"]
 
 
@@ -150,7 +150,8 @@ class SampleConfig(Section):
 SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 
 
-OBJECTIVES = ("pretrain", "sft")
+OBJECTIVES = ("pretrain", "sft", "vrpo", "grpo")
+REFERENCE_OBJECTIVES = ("vrpo", "grpo")  # post-training: a frozen reference model, the starting point (train.init_from)
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 
 
@@ -226,6 +227,75 @@ class TrainConfig(Section):
             p = self.profile_steps
             if len(p) != 2 or not 1 <= p[0] <= p[1]:
                 raise ConfigError(f"{w}.profile_steps: expected [start, stop] with 1 <= start <= stop, got {list(p)}")
+        if self.objective == "grpo" and self.eval_every > 0:
+            raise ConfigError(f"{w}.eval_every: objective grpo has no validation loss in the loop; score held-out "
+                              f"prompts with `llada-jax eval` on the run instead")
+        if self.objective in REFERENCE_OBJECTIVES and not self.init_from:
+            raise ConfigError(f"{w}.init_from: objective {self.objective} needs the starting model (an SFT run folder "
+                              f"or RUN@STEP, a params export or a HF dir), which is also its frozen reference")
+
+
+VRPO_ALLOCATIONS = ("optimal", "one_timestep")
+
+
+@dataclasses.dataclass(frozen=True)
+class VrpoConfig(Section):
+    """VRPO (LLaDA 1.5): DPO whose log-likelihoods are ELBO estimates, with the paper's variance reduction.
+
+    Each response's ELBO is the mean of `n_samples` SFT-style samples (t ~ U(0, 1), response
+    positions masked with p_mask = (1 - eps) t + eps, -sum masked CE / p_mask). `allocation`:
+    "optimal" draws n timesteps with one mask each (the paper's optimal allocation), "one_timestep"
+    one timestep with n masks. `antithetic`: policy and reference score the same timesteps and
+    masks for the same response (false: independent draws).
+    """
+
+    beta: float = 0.1               # DPO temperature on the ELBO differences
+    n_samples: int = 8              # ELBO samples per response (the paper's budget n)
+    allocation: str = "optimal"     # one of VRPO_ALLOCATIONS
+    antithetic: bool = True
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "VrpoConfig"
+        self.check_positive(w, "beta", "n_samples")
+        self.check_choice(w, "allocation", VRPO_ALLOCATIONS)
+
+
+GRPO_REWARDS = ("exact", "contains", "numeric")  # or "module:function(prompt, completion, answer) -> float"
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoConfig(Section):
+    """diffu-GRPO (d1): G rollouts per prompt, group-normalised rewards, one-step log-probabilities.
+
+    Rollouts use the `sample:` section's sampler settings (gen_length, steps, block_length,
+    remasking, ...) at this section's `temperature`; a row is the prompt left-padded to
+    `train.seq_len - sample.gen_length` positions, then the completion. `train.batch_size` counts
+    completions (batch_size / G prompts a rollout). Each rollout batch serves `mu` optimizer steps.
+    """
+
+    num_generations: int = 4        # G completions per prompt
+    beta: float = 0.04              # weight of the KL term to the reference
+    clip_eps: float = 0.2           # ratio clipped to [1 - eps, 1 + eps]
+    p_mask: float = 0.15            # prompt masking rate of the one-step log-probability estimate
+    mu: int = 2                     # inner gradient steps per rollout batch
+    reward: str = "exact"           # one of GRPO_REWARDS or "module:function"
+    temperature: float = 0.9        # rollout sampling temperature
+    scale_advantages: bool = False  # also divide by the group's reward std + 1e-4 (GRPO); d1: mean-centred only
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "GrpoConfig"
+        self.check_positive(w, "num_generations", "mu")
+        self.check_nonnegative(w, "beta", "temperature")
+        if self.num_generations < 2:
+            raise ConfigError(f"{w}.num_generations: group-normalised advantages need at least 2, "
+                              f"got {self.num_generations}")
+        if not 0.0 < self.clip_eps < 1.0:
+            raise ConfigError(f"{w}.clip_eps: must be in (0, 1), got {self.clip_eps}")
+        if not 0.0 <= self.p_mask < 1.0:
+            raise ConfigError(f"{w}.p_mask: must be in [0, 1), got {self.p_mask}")
+        if self.reward not in GRPO_REWARDS and ":" not in self.reward:
+            raise ConfigError(f"{w}.reward: '{self.reward}' is not one of {', '.join(GRPO_REWARDS)} nor a "
+                              f"'module:function'{did_you_mean(self.reward, GRPO_REWARDS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +345,9 @@ class DataConfig(Section):
     prompt_field: str = "prompt"      # SFT JSONL fields / Parquet columns
     response_field: str = "response"
     messages_field: str = "messages"
+    chosen_field: str = "chosen"      # preference rows (VRPO): the preferred and the dispreferred response
+    rejected_field: str = "rejected"
+    answer_field: str = "answer"      # prompt rows (GRPO): the reference answer the reward scores against
     too_long: str = "drop"            # SFT rows longer than seq_len: "drop" or "truncate" (both counted)
     on_error: str = "raise"           # malformed rows: "raise" (with file:line) or "skip" (counted)
     eval_files: tuple[str, ...] = ()  # validation data (same formats as `files`)
@@ -307,7 +380,7 @@ class DataConfig(Section):
 
 # Section name -> dataclass: the sections a config file may hold.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig, "mesh": MeshConfig,
-                              "data": DataConfig}
+                              "data": DataConfig, "vrpo": VrpoConfig, "grpo": GrpoConfig}
 
 
 def section_of(cls: type) -> str:
@@ -344,7 +417,11 @@ def _read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    loaded = parse_yaml_text(p.read_text(), str(p)) or {}
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML config (byte {e.start} is not UTF-8 text)") from None
+    loaded = parse_yaml_text(text, str(p)) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     # Sectioned when any top-level value is a mapping; a flat file is a model config.

@@ -1,4 +1,4 @@
-"""Grain data pipelines for pretraining (packed documents) and SFT (prompt/response rows).
+"""Grain data pipelines for pretraining (packed documents), SFT (prompt/response rows) and preference pairs.
 
 `make_pretrain_dataset` and `make_sft_dataset` return a `grain.IterDataset` of numpy batches
 whose iterator is checkpointable (`get_state`/`set_state`, `grain.checkpoint.CheckpointSave`).
@@ -13,9 +13,11 @@ from llada_jax.data.corpus import default_corpus_text, default_corpus_topics, wr
 from llada_jax.data.sources import DataError, DataStats, expand_files, open_documents
 
 _LAZY = {"make_pretrain_dataset": "pretrain", "make_sft_dataset": "sft", "build_sft_rows": "sft",
-         "SFTRows": "sft", "PackIterDataset": "packing"}
+         "SFTRows": "sft", "PackIterDataset": "packing", "make_preference_dataset": "preference",
+         "build_preference_rows": "preference", "parse_preference_row": "preference"}
 
 __all__ = ["make_pretrain_dataset", "make_sft_dataset", "build_sft_rows", "SFTRows", "DataStats", "DataError",
+           "make_preference_dataset", "build_preference_rows", "parse_preference_row",
            "open_documents", "expand_files", "PackIterDataset", "parse_sft_row", "encode_sft_example",
            "default_corpus_text", "default_corpus_topics", "write_default_corpus"]
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
 from llada_jax.data.pipeline import check_pipeline_args, shuffle_repeat, to_iter, worker_prefetch
-from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
-from llada_jax.data.split import in_split
+from llada_jax.data.rows import scan_rows
+from llada_jax.data.sources import DataError, DataStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,17 @@ class SFTRows:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]], int(self.prompt_lengths[i])
 
 
+def fit_row(prompt: list[int], answer: list[int], eos_id: int, seq_len: int, too_long: str) -> list[int] | None:
+    """prompt + answer + [EOS]; longer than `seq_len`: None (dropped), or with too_long="truncate"
+    cut to `seq_len` when the prompt leaves room for at least one response token."""
+    row = prompt + answer + [eos_id]
+    if len(row) <= seq_len:
+        return row
+    if too_long == "drop" or len(prompt) >= seq_len:
+        return None
+    return row[:seq_len]
+
+
 def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, shard_count: int = 1,
                    stats: DataStats | None = None, split: str = "train") -> SFTRows:
     """Validate every JSONL or Parquet row of `data_cfg.files`, then tokenize this process's strided shard.
@@ -42,47 +53,18 @@ def build_sft_rows(data_cfg, tokenizer, seq_len: int, *, shard_index: int = 0, s
     `split` keeps the training rows or the ones held out by `data_cfg.eval_fraction`.
     """
     stats = stats if stats is not None else DataStats()
-    mine = []   # this process's rows, parsed while every row is validated: (messages, response)
-    total = 0   # valid rows of `split` so far, over all files
-    seen = 0    # valid rows of both splits so far
-
-    def keep(obj) -> bool:
-        nonlocal total, seen
-        parsed = parse_sft_row(obj, data_cfg)  # ValueError on a malformed row
-        seen += 1
-        if not in_split(seen - 1, data_cfg.eval_fraction, split):
-            return True
-        if total % shard_count == shard_index:
-            mine.append(parsed)
-        total += 1
-        return True
-
-    for path in expand_files(data_cfg.files):
-        fmt = file_format(path, data_cfg.format)
-        if fmt == "parquet":
-            from llada_jax.data.parquet import scan_parquet_rows
-
-            columns = (data_cfg.prompt_field, data_cfg.response_field, data_cfg.messages_field)
-            scan_parquet_rows(path, columns, keep, data_cfg.on_error, stats)
-            continue
-        if fmt != "jsonl":
-            raise DataError(f"{path}: SFT data must be JSONL or Parquet (got format '{fmt}')")
-        scan_jsonl(path, keep, data_cfg.on_error, stats)
-    stats.add(documents=total)
-    if total < shard_count:
-        raise DataError(f"{total} SFT rows in data.files {list(data_cfg.files)} cannot be split into "
-                        f"{shard_count} process shards")
+    columns = (data_cfg.prompt_field, data_cfg.response_field, data_cfg.messages_field)
+    mine = scan_rows(data_cfg, lambda obj: parse_sft_row(obj, data_cfg), columns, shard_index=shard_index,
+                     shard_count=shard_count, stats=stats, split=split, what="SFT")
     tokens, offsets, prompt_lengths = [], [0], []
     dropped = truncated = 0
     for messages, response in mine:
         prompt, answer = encode_sft_example(messages, response, tokenizer, data_cfg)
-        row = prompt + answer + [tokenizer.eos_id]
-        if len(row) > seq_len:
-            if data_cfg.too_long == "drop" or len(prompt) >= seq_len:
-                dropped += 1
-                continue
-            row = row[:seq_len]
-            truncated += 1
+        row = fit_row(prompt, answer, tokenizer.eos_id, seq_len, data_cfg.too_long)
+        if row is None:
+            dropped += 1
+            continue
+        truncated += len(row) < len(prompt) + len(answer) + 1
         tokens.append(np.asarray(row, np.int32))
         offsets.append(offsets[-1] + len(row))
         prompt_lengths.append(len(prompt))

@@ -27,6 +27,7 @@ import numpy as np
 from llada_jax.config import ModelConfig, SampleConfig
 from llada_jax.inference.likelihood import log_likelihood_batch
 from llada_jax.inference.sampling import generate_with_stats
+from llada_jax.io.tokenizer import decode_answer
 from llada_jax.evaluation.tasks import Task
 
 
@@ -109,21 +110,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> E
         ids[i, length - len(r):] = r
         mask[i, length - len(r):] = True
     return EncodedPrompts(ids, mask)
-
-
-def decode_answer(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
-    """Text of the generated ids before the first stop id (EOS / end-of-turn).
-
-    Ids past the tokenizer's vocabulary (a model's embedding may be padded larger) have no
-    text and are dropped.
-    """
-    ids = [int(i) for i in ids]
-    stops = set(int(s) for s in stop_ids)
-    for n, i in enumerate(ids):
-        if i in stops:
-            ids = ids[:n]
-            break
-    return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size]).strip()
 
 
 def place_params(params: Any, cfg: ModelConfig, mesh=None):

@@ -30,11 +30,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from llada_jax.data.scoring import (SCORER_FUNCTIONS, contains_match, exact_match, extract_number,  # noqa: F401
+                                     normalize, numeric_match)
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -75,53 +78,6 @@ class Task:
 
     def accuracy(self, outputs: Sequence) -> float:
         return self.correct(outputs) / len(outputs) if len(outputs) else 0.0
-
-
-def normalize(text: str) -> str:
-    """Strip and collapse whitespace."""
-    return " ".join(str(text).split())
-
-
-def exact_match(output: str, references: Sequence[str]) -> bool:
-    """Output equals one reference after whitespace normalization."""
-    out = normalize(output)
-    return any(out == normalize(r) for r in references)
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_number(text: str) -> float | None:
-    """The answer number of a text: after the last `####` if any, else the last number in it."""
-    text = str(text)
-    if "####" in text:
-        found = _NUMBER.findall(text.rsplit("####", 1)[1])[:1]
-    else:
-        found = _NUMBER.findall(text)[-1:]
-    if not found:
-        return None
-    try:
-        return float(found[0].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def numeric_match(output: str, references: Sequence[str]) -> bool:
-    """The output's answer number equals a reference's (GSM8K style)."""
-    got = extract_number(output)
-    if got is None:
-        return False
-    wanted = (extract_number(r) for r in references)
-    return any(w is not None and abs(got - w) < 1e-9 for w in wanted)
-
-
-def contains_match(output: str, references: Sequence[str]) -> bool:
-    """A reference occurs in the output (the release's reversal scoring: `answer in out`)."""
-    return any(r in str(output) for r in references)
-
-
-SCORER_FUNCTIONS: dict[str, Callable[[str, Sequence[str]], bool]] = {
-    "exact": exact_match, "numeric": numeric_match, "contains": contains_match}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +139,7 @@ TASK_NAMES = tuple(SYNTHETIC) + FILE_TASKS
 
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
-    with open(path) as f:
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -191,6 +147,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{number}: not UTF-8 text") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)

@@ -32,12 +32,24 @@ def forward_process(key: jax.Array, tokens: jax.Array, mask_id: int, eps: float 
     b, length = tokens.shape
     t_key, m_key = jax.random.split(key)
     t = jax.random.uniform(t_key, (b,), dtype=jnp.float32)
-    p_mask = jnp.broadcast_to(((1.0 - eps) * t + eps)[:, None], (b, length))
-    masked = jax.random.uniform(m_key, (b, length), dtype=jnp.float32) < p_mask
+    p_mask = jnp.broadcast_to(mask_rate(t, eps)[:, None], (b, length))
+    noisy, masked = mask_tokens(m_key, tokens, p_mask, mask_id, valid)
+    return noisy, masked, p_mask
+
+
+def mask_rate(t: jax.Array, eps: float = 1e-3) -> jax.Array:
+    """`p_mask = (1 - eps) * t + eps`: the masking probability at diffusion time t."""
+    return (1.0 - eps) * t + eps
+
+
+def mask_tokens(key: jax.Array, tokens: jax.Array, p_mask: jax.Array, mask_id: int, valid: jax.Array | None = None):
+    """`(noisy, masked)`: each position of `tokens` ([B, L] or any shape) masked independently with
+    probability `p_mask` (broadcast to it); positions where `valid` is false are never masked."""
+    masked = jax.random.uniform(key, tokens.shape, dtype=jnp.float32) < p_mask
     if valid is not None:
         masked = masked & valid.astype(bool)
     noisy = jnp.where(masked, jnp.asarray(mask_id, tokens.dtype), tokens)
-    return noisy, masked, p_mask
+    return noisy, masked
 
 
 def prompt_positions(prompt_lengths: jax.Array, length: int) -> jax.Array:
@@ -198,6 +210,15 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, masked: jax.Array, p_mask: ja
     `answer_length = L - prompt_length` counts the EOS padding, which is trained on.
     """
     return sft_loss_from_ce(token_cross_entropy(logits, tokens), masked, p_mask, prompt_lengths)
+
+
+def elbo_from_ce(ce: jax.Array, masked: jax.Array, p_mask: jax.Array) -> jax.Array:
+    """One sample of the ELBO of each row's masked positions, [B]: `-sum over masked of CE / p_mask`.
+
+    With the SFT forward process (prompt never masked) it is a lower bound on log p(response | prompt),
+    the `B` of VRPO; `sft_loss` is its negative over the answer length, averaged over rows.
+    """
+    return -jnp.sum(jnp.where(masked, ce / p_mask, 0.0), axis=-1)
 
 
 def sft_loss_from_ce(ce: jax.Array, masked: jax.Array, p_mask: jax.Array, prompt_lengths: jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from llada_jax.config import REMAT_POLICIES, Config, ModelConfig
 from llada_jax.planning.hlo_stats import hlo_step_stats
 from llada_jax.training.metrics import flops_per_step
+from llada_jax.training.objectives import objective_of
 from llada_jax.planning.topology import chip_spec, roofline, topology_devices, topology_kwargs
 
 GIB = 1024 ** 3
@@ -83,10 +84,13 @@ def _size_after(message: str, words: str) -> int | None:
 
 
 def _compile(config: Config, mesh):
-    from llada_jax.training.step import abstract_batch, abstract_state, make_train_step
+    from llada_jax.training.step import abstract_batch, abstract_reference, abstract_state, make_train_step
 
     step = make_train_step(config, mesh)
-    lowered = step.lower(abstract_state(config, mesh), abstract_batch(config.train, mesh))
+    args = (abstract_state(config, mesh), abstract_batch(config.train, mesh))
+    if objective_of(config.train.objective).needs_reference:  # the frozen reference, sharded like the params
+        args += (abstract_reference(config, mesh),)
+    lowered = step.lower(*args)
     try:
         compiled = lowered.compile()
     except Exception as e:  # jax.errors.JaxRuntimeError; the compile-time OOM is only told apart by its text
@@ -102,10 +106,11 @@ def _plan_facts(config: Config, devices: list, mesh_shape: dict[str, int]) -> di
     kind = devices[0].device_kind
     n = len(devices)
     train = config.train
-    model_flops = flops_per_step(config.model, train) / n
+    passes = objective_of(train.objective).passes_of(config)  # e.g. VRPO: 2n policy and 2n reference rows a pair
+    model_flops = flops_per_step(config.model, train, passes) / n
     fused = fused_attention_in(config.model, train.seq_len, devices[0].platform)
     recompute = recompute_flops_per_token(config.model, train.seq_len, config.model.remat_policy, fused) \
-        * train.tokens_per_step / n
+        * train.tokens_per_step * passes[0] / n
     return {
         "device_kind": kind,
         "num_devices": n,
@@ -203,11 +208,11 @@ def grad_accum_choices(batch_size: int, row_shards: int) -> list[int]:
 def search_plans(config: Config, topology: str, *, num_slices: int = 1, policies: Sequence[str] | None = None,
                  grad_accums: Sequence[int] | None = None) -> dict[str, Any]:
     """Compile every (remat policy, grad_accum) plan; the fastest floor that fits is `best`."""
-    devices = topology_devices(topology, num_slices)
     policies = list(policies or [p for p in REMAT_POLICIES])
-    for p in policies:
+    for p in policies:  # before libtpu starts: a typo fails at once
         if p not in REMAT_POLICIES:
             raise ValueError(f"--policies: unknown remat policy '{p}' (one of {', '.join(REMAT_POLICIES)})")
+    devices = topology_devices(topology, num_slices)
     if grad_accums:
         accums = list(grad_accums)
     else:

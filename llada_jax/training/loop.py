@@ -12,6 +12,11 @@ SIGTERM (TPU preemption) saves at the next step boundary (with several processes
 multiple of `log_every`, where they agree) and returns status "preempted".
 Hooks of its own modules: validation every `eval_every` steps (`validation`), traces of chosen
 steps (`profiling`), and the wall time split by what it was spent on (`timing`).
+An objective with a reference (vrpo, grpo: `training.objectives`) loads `train.init_from` once
+as the frozen reference, starts the policy from a copy of it, passes it to every step and to
+validation, and records its source and fingerprint with every checkpoint; a resume against
+another reference is refused. The objective's own metrics (averaged over the log window) go to
+the log with the loss, and those it names to the progress bar.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from llada_jax.config import Config
 from llada_jax.training.metrics import MetricWriter, throughput
-from llada_jax.model.sharding import host_batch_to_global, make_mesh
+from llada_jax.model.sharding import host_batch_to_global, make_mesh, param_shardings
+from llada_jax.training.objectives import objective_of
 from llada_jax.training.step import abstract_state, batch_shapes, init_state, make_train_step
+from llada_jax.io.integrity import tree_fingerprint
 from llada_jax.io.run_checkpoint import TrainCheckpointer
 from llada_jax.training.profiling import Profiler
+from llada_jax.training.rollout import RolloutSource, make_rollout_source
 from llada_jax.training.timing import StepTimer
 from llada_jax.training.validation import eval_due, make_validator
 from llada_jax.training.preemption import StopFlag
@@ -71,6 +80,10 @@ def _host_batch(batch: dict, config: Config) -> dict:
     return out
 
 
+# Step metrics that are bookkeeping, not averaged into the log line.
+_STEP_FIELDS = ("lr", "finite", "step", "bad_steps")
+
+
 def _scalars(metrics: dict) -> dict:
     host = jax.device_get(metrics)
     return {k: (bool(v) if k == "finite" else int(v) if k in ("step", "bad_steps") else float(v))
@@ -85,10 +98,21 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
     `eval_dataset` (same batches, e.g. `make_dataset(config, split="eval")`) is the validation data.
     """
     train = config.train
+    objective = objective_of(train.objective)
     mesh = make_mesh(config.mesh) if mesh is None else mesh
     step_fn = make_train_step(config, mesh)
-    validator = make_validator(config, mesh, eval_dataset)  # before anything is written
-    ckpt = TrainCheckpointer(train.checkpoint_dir, config)
+    reference, reference_record = None, None
+    if objective.needs_reference:
+        with jax.set_mesh(mesh):
+            if initial_params is None:
+                reference = load_initial_params(config, mesh)
+            else:
+                reference = jax.device_put(initial_params, param_shardings(config.model, mesh))
+            reference_record = {"source": train.init_from, "fingerprint": tree_fingerprint(reference)}
+    validator = make_validator(config, mesh, eval_dataset, reference)  # before anything is written
+    if reference is None and initial_params is None and not _has_checkpoints(train.checkpoint_dir):
+        check_init_source(config)  # a fresh run: a bad train.init_from fails before the run folder is made
+    ckpt = TrainCheckpointer(train.checkpoint_dir, config, reference=reference_record)
     writer = MetricWriter(train.checkpoint_dir, tensorboard=train.tensorboard)
     data_iter = iter(dataset)
     stop = StopFlag().install()
@@ -104,7 +128,9 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
         with jax.set_mesh(mesh):
             state, data_iter, resumed = ckpt.restore_latest(abstract_state(config, mesh), data_iter, report=say)
             if resumed is None:
-                if initial_params is None:
+                if reference is not None:  # a copy: the step donates the state, never the reference
+                    initial_params = jax.tree.map(jnp.copy, reference)
+                elif initial_params is None:
                     initial_params = load_initial_params(config, mesh)
                 state = init_state(config, mesh, initial_params)
             step = int(jax.device_get(state.step))
@@ -119,7 +145,7 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
             skipped: list[int] = []
             consecutive_bad = 0
             last: dict = {}
-            window = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+            window: dict = {"n": 0}  # sums of the logged metrics since the last log line
             t_log, steps_at_log = time.perf_counter(), step
             t_save = time.monotonic()
             last_saved = resumed
@@ -138,25 +164,30 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
                     say(f"step {s}: non-finite loss {vals['loss']} or grad norm {vals['grad_norm']}; "
                         f"update skipped ({consecutive_bad} in a row)")
                     return
-                window["loss"] += vals["loss"]
-                window["grad_norm"] += vals["grad_norm"]
+                for k, v in vals.items():
+                    if k not in _STEP_FIELDS:
+                        window[k] = window.get(k, 0.0) + v
                 window["n"] += 1
                 if s % train.log_every == 0 or s == train.steps:
                     now = time.perf_counter()
                     dt = (now - t_log) / max(s - steps_at_log, 1)
-                    record = {"loss": window["loss"] / window["n"], "grad_norm": window["grad_norm"] / window["n"],
-                              "lr": vals["lr"], "step_time_s": dt,
-                              **throughput(config.model, train, dt, n_dev, kind), **timer.split()}
+                    means = {k: v / window["n"] for k, v in window.items() if k != "n"}
+                    record = {"loss": means.pop("loss"), "grad_norm": means.pop("grad_norm"),
+                              "lr": vals["lr"], **means, "step_time_s": dt,
+                              **throughput(config.model, train, dt, n_dev, kind, objective.passes_of(config)),
+                              **timer.split()}
                     timer.check_input_wait(record, train.input_wait_warning, config.data, f"{steps_at_log + 1}-{s}")
                     writer.write(s, record)
                     if on_log is not None:
                         on_log({"step": s, **record})
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                        **{k: f"{record[k]:.4g}" for k in objective.shown if k in record},
                                         tok_s=f"{record['tokens_per_s']:.0f}",
                                         **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] is not None else {}),
                                         **shown)
-                    window.update(loss=0.0, grad_norm=0.0, n=0)
+                    window.clear()
+                    window["n"] = 0
                     t_log, steps_at_log = now, s
 
             def flush():
@@ -167,13 +198,20 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
 
             while step < train.steps:
                 profiler.before_step(step + 1)
-                with timer.section("data"):
-                    batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
+                if isinstance(data_iter, RolloutSource):  # grpo: batches sampled by the policy itself
+                    with timer.section("rollout"):
+                        batch = host_batch_to_global(_host_batch(data_iter.next_batch(state, step, mesh), config),
+                                                     mesh)
+                    source_metrics = data_iter.batch_metrics
+                else:
+                    with timer.section("data"):
+                        batch = host_batch_to_global(_host_batch(next(data_iter), config), mesh)
+                    source_metrics = {}
                 with timer.section("step"):
-                    state, metrics = step_fn(state, batch)
+                    state, metrics = step_fn(state, batch) if reference is None else step_fn(state, batch, reference)
                     step += 1
                     flush()
-                pending = metrics
+                pending = {**metrics, **source_metrics}
                 if consecutive_bad >= train.max_bad_steps - 1:
                     with timer.section("step"):
                         flush()  # one more bad step stops the run: know now, not one step later
@@ -234,7 +272,7 @@ def run_training(config: Config, dataset, *, mesh=None, progress: bool = True,
 
 
 def make_dataset(config: Config, tokenizer=None, split: str = "train"):
-    """This process's Grain pipeline for `config` (pretraining or SFT) with its per-process batch.
+    """This process's Grain pipeline for `config` (the objective's batches) with its per-process batch.
 
     `split="eval"`: the validation pipeline (`data.eval_files` or the held-out `data.eval_fraction`),
     or None when neither is set.
@@ -259,24 +297,43 @@ def make_dataset(config: Config, tokenizer=None, split: str = "train"):
     count = jax.process_count()
     if train.batch_size % count:
         raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
-    make = data.make_pretrain_dataset if train.objective == "pretrain" else data.make_sft_dataset
+    if train.objective == "grpo":  # prompt rows, turned into batches by rollouts of the policy
+        return make_rollout_source(config, tokenizer, data_cfg, part)
+    make = getattr(data, objective_of(train.objective).dataset)
     return make(data_cfg, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
                 shard_index=jax.process_index(), shard_count=count, split=part)
 
 
-def load_initial_params(config: Config, mesh):
-    """Params of `train.init_from` (a run folder or `RUN@STEP`, a params export or a HF dir) on `mesh`,
-    refusing another architecture."""
-    from llada_jax.model.sharding import param_shardings
+def _has_checkpoints(run_dir) -> bool:
+    from llada_jax.io.model_source import run_steps
+    from llada_jax.io.paths import as_path
+
+    return as_path(run_dir).is_dir() and bool(run_steps(run_dir))
+
+
+def check_init_source(config: Config):
+    """`train.init_from` resolved (None when unset), refusing a missing source or another
+    architecture from the configs alone: before any weight is read."""
     from llada_jax.io.run_checkpoint import IncompatibleCheckpointError, arch_differences
-    from llada_jax.io.model_source import load_model, resolve_source, source_model_config
+    from llada_jax.io.model_source import resolve_source, source_model_config
 
     path = config.train.init_from
     if not path:
         return None
     source = resolve_source(path)
-    diffs = arch_differences(source_model_config(source), config.model)  # before reading any weights
+    diffs = arch_differences(source_model_config(source), config.model)
     if diffs:
         raise IncompatibleCheckpointError(f"train.init_from {path}: " + "; ".join(diffs))
+    return source
+
+
+def load_initial_params(config: Config, mesh):
+    """Params of `train.init_from` (a run folder or `RUN@STEP`, a params export or a HF dir) on `mesh`,
+    refusing another architecture."""
+    from llada_jax.io.model_source import load_model
+
+    source = check_init_source(config)
+    if source is None:
+        return None
     _, params = load_model(source, shardings=param_shardings(config.model, mesh), param_dtype=config.model.param_dtype)
     return params

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import jax
 
 from llada_jax.config import ModelConfig, TrainConfig
-from llada_jax.io.paths import AppendFile, PathLike, as_path, is_file, is_remote, path_str
+from llada_jax.io.paths import AppendFile, PathLike, as_path, is_file, is_remote, path_str, read_text
 
 # Seconds between whole rewrites of a metrics.jsonl / events file under a remote scheme that cannot
 # append (a local or gs:// one is flushed per write).
@@ -72,15 +72,23 @@ def hbm_bytes(device_kind: str) -> int | None:
     return _lookup(HBM_BYTES, device_kind)
 
 
-def flops_per_step(model: ModelConfig, train: TrainConfig) -> float:
-    """Training FLOPs of one optimizer step over the global batch (forward + backward)."""
-    return model.flops_per_token(train.seq_len, backward=True) * train.tokens_per_step
+def flops_per_step(model: ModelConfig, train: TrainConfig, passes: tuple[int, int] = (1, 0)) -> float:
+    """Training FLOPs of one optimizer step over the global batch.
+
+    `passes`: sequences per batch row through forward + backward, and through a forward only
+    (`Objective.passes`: pretraining and SFT (1, 0); VRPO (2n, 2n): two responses, n ELBO
+    samples each, for the policy and for the frozen reference).
+    """
+    trained, forward_only = passes
+    return (model.flops_per_token(train.seq_len, backward=True) * trained
+            + model.flops_per_token(train.seq_len) * forward_only) * train.tokens_per_step
 
 
 def throughput(model: ModelConfig, train: TrainConfig, seconds_per_step: float, num_devices: int,
-               device_kind: str) -> dict[str, float | None]:
-    """tokens/s, TFLOP/s per device and MFU (None when the peak is unknown) at a measured step time."""
-    flops = flops_per_step(model, train)
+               device_kind: str, passes: tuple[int, int] = (1, 0)) -> dict[str, float | None]:
+    """tokens/s (of the batch rows), TFLOP/s per device and MFU (None when the peak is unknown) at a
+    measured step time; `passes` as in `flops_per_step`."""
+    flops = flops_per_step(model, train, passes)
     per_device = flops / seconds_per_step / num_devices / 1e12
     peak = peak_tflops(device_kind, train.peak_tflops)
     return {
@@ -142,7 +150,14 @@ def read_metrics(directory: PathLike) -> list[dict]:
     path = as_path(directory) / "metrics.jsonl"
     if not is_file(path):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for lineno, line in enumerate(read_text(path, "metrics file").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path_str(path)}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    return records
 
 
 class _EventFiles:

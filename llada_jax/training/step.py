@@ -1,16 +1,19 @@
-"""The train state and one jitted training step (pretraining or SFT), sharded by logical rules.
+"""The train state and one jitted training step (any objective of training/objectives.py), sharded by logical rules.
 
 `TrainState` is a plain pytree: step, float32 master params, AdamW state, the run's raw PRNG
 key and the count of consecutive non-finite steps. The step draws all its randomness from
 `fold_in(key, step)`, so a resumed run repeats the same numbers. It noises the whole global
-batch once (forward process, the 1% random-length cut for pretraining) and then, with
-gradient accumulation, runs the microbatches in a `lax.scan`, so results do not depend on
-`grad_accum` beyond float rounding. A non-finite loss or gradient norm leaves params and
+batch once (the objective's `prepare`: forward process, the 1% random-length cut for
+pretraining) and then, with gradient accumulation, runs the microbatches of the objective's
+loss in a `lax.scan`, so results do not depend on `grad_accum` beyond float rounding. An
+objective with a reference (vrpo, grpo) takes the frozen reference params as a third,
+non-differentiated argument, sharded like the params and never part of the state. A non-finite loss or gradient norm leaves params and
 optimizer state untouched and increments `bad_steps`; the loop decides when to stop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -21,9 +24,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llada_jax.config import Config, ModelConfig, TrainConfig
-from llada_jax.model.diffusion import (forward_process, head_cross_entropy, pretrain_loss_from_ce, random_length_mask,
-                                       sft_forward_process, sft_loss_from_ce)
-from llada_jax.model.transformer import forward_hidden, init_params, param_shapes
+from llada_jax.model.transformer import init_params, param_shapes
+from llada_jax.training.objectives import objective_of, train_loss
 from llada_jax.training.optim import make_optimizer, wsd_schedule
 from llada_jax.model.sharding import (BATCH_AXES, LOGICAL_RULES, batch_divisor, batch_sharding, param_shardings,
                                 tree_shardings_like, with_shardings)
@@ -38,12 +40,12 @@ class TrainState(NamedTuple):
 
 
 def batch_keys(objective: str) -> tuple[str, ...]:
-    return ("tokens",) if objective == "pretrain" else ("tokens", "prompt_lengths")
+    return tuple(objective_of(objective).fields)
 
 
 def batch_shapes(train: TrainConfig, rows: int) -> dict[str, tuple[int, ...]]:
-    """Shape of each batch field for `rows` rows: tokens [rows, seq_len], prompt_lengths [rows]."""
-    return {k: (rows, train.seq_len) if k == "tokens" else (rows,) for k in batch_keys(train.objective)}
+    """Shape of each batch field for `rows` rows, e.g. tokens [rows, seq_len], prompt_lengths [rows]."""
+    return objective_of(train.objective).shapes(train, rows)
 
 
 def check_batch_size(train: TrainConfig, mesh: Mesh) -> None:
@@ -105,43 +107,29 @@ def _schedule_count(opt_state) -> jax.Array:
     return counts[-1][1]
 
 
-def train_loss(params, noisy, tokens, masked, p_mask, valid, prompt_lengths, *, model: ModelConfig, objective: str):
-    """The objective's loss; the output head runs in sequence chunks (no [B, L, V] float32 logits)."""
-    hidden, head = forward_hidden(params, model, noisy, valid)
-    ce = head_cross_entropy(hidden, head, tokens, model.loss_chunk_size)
-    if objective == "pretrain":
-        return pretrain_loss_from_ce(ce, masked, p_mask, valid)
-    return sft_loss_from_ce(ce, masked, p_mask, prompt_lengths)
+__all__ = ["TrainState", "train_loss", "train_step", "make_train_step", "abstract_state", "abstract_batch",
+           "abstract_reference", "batch_shapes", "batch_keys", "init_state"]
 
 
-def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: TrainConfig,
-               mesh: Mesh | None = None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, reference: Any = None, *, model: ModelConfig, train: TrainConfig,
+               mesh: Mesh | None = None, settings: Any = None) -> tuple[TrainState, dict]:
     """One optimizer step over the global batch; returns the new state and scalar metrics.
 
-    Pure (no Python side effects); `make_train_step` jits it with shardings and donation.
+    `reference`: the frozen reference params of an objective that needs them (else None);
+    `settings`: the objective's config section. Pure (no Python side effects); `make_train_step`
+    jits it with shardings and donation.
     """
     optimizer = make_optimizer(train)
-    tokens = batch["tokens"].astype(jnp.int32)
-    b, length = tokens.shape
+    objective = objective_of(train.objective)
+    b = next(iter(batch.values())).shape[0]
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    len_key, noise_key = jax.random.split(key)
     with nn.logical_axis_rules(LOGICAL_RULES):
-        if train.objective == "pretrain":
-            valid = None
-            if train.random_length_prob > 0:
-                valid = random_length_mask(len_key, b, length, train.random_length_prob)
-            noisy, masked, p_mask = forward_process(noise_key, tokens, model.mask_token_id, train.noise_eps, valid)
-            prompt_lengths = None
-        else:
-            valid = None
-            prompt_lengths = batch["prompt_lengths"].astype(jnp.int32)
-            noisy, masked, p_mask = sft_forward_process(noise_key, tokens, prompt_lengths, model.mask_token_id,
-                                                        train.noise_eps)
-        grad_fn = jax.value_and_grad(functools.partial(train_loss, model=model, objective=train.objective))
-        parts = (noisy, tokens, masked, p_mask, valid, prompt_lengths)
+        parts = objective.prepare(key, batch, model=model, train=train, settings=settings)
+        loss_fn = functools.partial(objective.loss, model=model, train=train, settings=settings)
+        grad_fn = jax.value_and_grad(lambda p, *xs: loss_fn(p, reference, *xs), has_aux=True)
         accum = train.grad_accum
         if accum == 1:
-            loss, grads = grad_fn(state.params, *parts)
+            (loss, extra), grads = grad_fn(state.params, *parts)
         else:
             def split(x):
                 if x is None:
@@ -157,12 +145,13 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
 
             def body(carry, xs):
                 loss_sum, grad_sum = carry
-                l, g = grad_fn(state.params, *xs)
-                return (loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
+                (l, m), g = grad_fn(state.params, *xs)
+                return (loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), m
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            (loss_sum, grad_sum), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
+            (loss_sum, grad_sum), per_micro = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
             loss = loss_sum / accum
+            extra = jax.tree.map(lambda m: jnp.mean(m, axis=0), per_micro)  # equal microbatches: the batch mean
             grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, state.params)
 
     grad_norm = optax.tree.norm(grads)
@@ -177,8 +166,13 @@ def train_step(state: TrainState, batch: dict, *, model: ModelConfig, train: Tra
     bad_steps = jnp.where(finite, 0, state.bad_steps + 1).astype(jnp.int32)
     new_state = TrainState(state.step + 1, params, opt_state, state.rng, bad_steps)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "finite": finite, "step": state.step,
-               "bad_steps": bad_steps}
+               "bad_steps": bad_steps, **extra}
     return new_state, metrics
+
+
+def abstract_reference(config: Config, mesh: Mesh):
+    """The reference params' `ShapeDtypeStruct`s, sharded like the policy params (AOT target)."""
+    return with_shardings(param_shapes(config.model), param_shardings(config.model, mesh))
 
 
 def batch_shardings(train: TrainConfig, mesh: Mesh) -> dict:
@@ -195,11 +189,15 @@ _LOOP_ONLY_FIELDS = ("seed", "init_from", "tokenizer", "checkpoint_dir", "checkp
 def make_train_step(config: Config, mesh: Mesh):
     """`train_step` jitted with the state/batch shardings of `mesh`, donating the old state.
 
+    Called as `step(state, batch)`, or `step(state, batch, reference)` for an objective with a
+    reference (`objective_of(train.objective).needs_reference`).
+
     Runs that differ only in loop bookkeeping (run directory, logging, ...) share one compiled step.
     """
     check_batch_size(config.train, mesh)
     defaults = TrainConfig()
-    train = config.train.replace(**{f: getattr(defaults, f) for f in _LOOP_ONLY_FIELDS})
+    # dataclasses.replace: not re-validated (a vrpo config without its init_from is only a cache key here)
+    train = dataclasses.replace(config.train, **{f: getattr(defaults, f) for f in _LOOP_ONLY_FIELDS})
     return _make_train_step(config.replace(train=train), mesh)
 
 
@@ -207,9 +205,13 @@ def make_train_step(config: Config, mesh: Mesh):
 def _make_train_step(config: Config, mesh: Mesh):
     shards = state_shardings(config, mesh)
     replicated = NamedSharding(mesh, P())
-    step = functools.partial(train_step, model=config.model, train=config.train, mesh=mesh)
-    jitted = jax.jit(step, in_shardings=(shards, batch_shardings(config.train, mesh)),
-                     out_shardings=(shards, replicated), donate_argnums=(0,))
+    objective = objective_of(config.train.objective)
+    step = functools.partial(train_step, model=config.model, train=config.train, mesh=mesh,
+                             settings=objective.settings_of(config))
+    in_shardings = (shards, batch_shardings(config.train, mesh))
+    if objective.needs_reference:
+        in_shardings += (shards.params,)
+    jitted = jax.jit(step, in_shardings=in_shardings, out_shardings=(shards, replicated), donate_argnums=(0,))
     return _OnMesh(jitted, mesh)
 
 
@@ -231,5 +233,6 @@ class _OnMesh:
 
 def abstract_batch(train: TrainConfig, mesh: Mesh) -> dict:
     """`ShapeDtypeStruct`s of one global batch with its shardings (for AOT compilation)."""
-    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, len(shape)))
+    fields = objective_of(train.objective).fields
+    return {k: jax.ShapeDtypeStruct(shape, fields[k][1], sharding=batch_sharding(mesh, len(shape)))
             for k, shape in batch_shapes(train, train.batch_size).items()}

@@ -2,13 +2,13 @@
 
 The loop wraps its parts in `StepTimer.section(name)`: `step` (dispatching the train step and
 waiting for its metrics: device compute), `data` (waiting for the input pipeline and placing
-the batch), `save` (the blocking part of a checkpoint save), `eval` (validation), `profile`
-(stopping a trace) and `setup` (start-up before the first step: restore or init; charged by
-`mark`). Compilation is taken out of whichever section it happened in, from JAX's
-own compile-time events (tracing, lowering, backend compile) on the loop's thread, and counted
-as `compile`. `split()` returns the interval's `time/<name>` seconds and `time/wall`, measured
-independently, so their difference is what no section covers (logging, bookkeeping).
-`summary()` gives the run's totals and `goodput`: the share of wall time spent in train steps.
+the batch), `rollout` (GRPO: sampling completions, rewards, old log-probabilities), `save`
+(the blocking part of a checkpoint save), `eval` (validation), `profile` (stopping a trace)
+and `setup` (start-up before the first step: restore or init; charged by `mark`). Compilation
+is taken out of whichever section it happened in, from JAX's own compile-time events (tracing,
+lowering, backend compile) on the loop's thread, and counted as `compile`. `split()` returns
+the interval's `time/<name>` seconds and `time/wall`, measured independently, so their difference
+is what no section covers (logging, bookkeeping). `summary()` gives the run's totals and `goodput`: the share of wall time spent in train steps.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable
 
 import jax
 
-CATEGORIES = ("step", "data", "save", "compile", "eval", "profile", "setup")
+CATEGORIES = ("step", "data", "rollout", "save", "compile", "eval", "profile", "setup")
 # JAX's compile-time events (jax/_src/dispatch.py); they do not nest.
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")

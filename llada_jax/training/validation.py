@@ -15,6 +15,10 @@ step are the same with or without a resume in between. It reports:
   the mask ratio, weighted `La / l_g` as in SPEC section 4. `grid=False` draws `u_g ~ U(0, 1)`
   instead (for measuring how much the grid helps; see benchmarks/eval_variance.py).
 - `eval/ppl_bound`: `exp(eval/elbo_nats)`, an upper bound on the perplexity.
+
+Other objectives (vrpo) report their own loss and metrics (`eval/loss`, `eval/reward_margin`,
+`eval/reward_accuracy`, ...) on the held-out set, with noise drawn once from the seed and,
+for an objective with a reference, the run's frozen reference params.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from llada_jax.model.diffusion import (forward_process, pretrain_loss, prompt_po
                                        sft_loss, token_cross_entropy)
 from llada_jax.model.sharding import LOGICAL_RULES, host_batch_to_global, param_shardings
 from llada_jax.model.transformer import MaskPredictor
+from llada_jax.training.objectives import objective_of
 from llada_jax.training.step import batch_shapes, batch_shardings, check_batch_size
 
 # Folded into the run's seed so validation noise never coincides with the training noise.
@@ -123,6 +128,30 @@ def _make_eval_step(model: ModelConfig, train: TrainConfig, mesh: Mesh, grid: bo
                                        replicated), out_shardings=replicated)
 
 
+# Objectives validated by the ELBO grid above; the others by their own loss (`objective_eval_step`).
+ELBO_OBJECTIVES = ("pretrain", "sft")
+
+
+def objective_eval_step(params: Any, reference: Any, batch: dict, batch_index: jax.Array, key_data: jax.Array, *,
+                        model: ModelConfig, train: TrainConfig, settings: Any) -> dict:
+    """The objective's loss and metrics on batch `batch_index` of the set, its noise from the eval key."""
+    objective = objective_of(train.objective)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(key_data), 0), batch_index)
+    with nn.logical_axis_rules(LOGICAL_RULES):
+        parts = objective.prepare(key, batch, model=model, train=train, settings=settings)
+        loss, metrics = objective.loss(params, reference, *parts, model=model, train=train, settings=settings)
+    return {"loss": loss, **metrics}
+
+
+@functools.lru_cache(maxsize=16)
+def _make_objective_eval_step(model: ModelConfig, train: TrainConfig, settings: Any, mesh: Mesh):
+    step = functools.partial(objective_eval_step, model=model, train=train, settings=settings)
+    replicated = NamedSharding(mesh, P())
+    shards = param_shardings(model, mesh)
+    return jax.jit(step, in_shardings=(shards, shards, batch_shardings(train, mesh), replicated, replicated),
+                   out_shardings=replicated)
+
+
 def summarize(sums: list[dict]) -> dict[str, float]:
     """`eval/loss`, `eval/elbo_nats`, `eval/ppl_bound` from the per-batch sums of `eval_step`."""
     loss = float(np.mean([float(s["loss"]) for s in sums]))
@@ -133,9 +162,12 @@ def summarize(sums: list[dict]) -> dict[str, float]:
 class Validator:
     """The fixed validation set of a run on `mesh`; call it with params for the `eval/` metrics."""
 
-    def __init__(self, config: Config, mesh: Mesh, dataset):
+    def __init__(self, config: Config, mesh: Mesh, dataset, reference: Any = None):
         train = config.train
-        self.config, self.mesh, self.seed = config, mesh, train.seed
+        self.config, self.mesh, self.seed, self.reference = config, mesh, train.seed, reference
+        self.objective = objective_of(train.objective)
+        if self.objective.needs_reference and reference is None:
+            raise ValueError(f"validation of objective {train.objective} needs the reference params")
         rows = train.batch_size // jax.process_count()
         want = batch_shapes(train, rows)
         it = iter(dataset)
@@ -164,18 +196,34 @@ class Validator:
             out = [step(params, b, jnp.int32(i), key) for i, b in enumerate(self.batches)]
         return jax.device_get(out)
 
+    def objective_sums(self, params, *, seed: int | None = None) -> list[dict]:
+        """Per-batch loss and metrics (host floats) of the objective's own loss over the whole set."""
+        t = self.config.train
+        key_train = TrainConfig(objective=t.objective, batch_size=t.batch_size, seq_len=t.seq_len,
+                                noise_eps=t.noise_eps, eval_batches=t.eval_batches)
+        step = _make_objective_eval_step(self.config.model, key_train, self.objective.settings_of(self.config),
+                                         self.mesh)
+        key = jax.random.key_data(eval_key(self.seed if seed is None else seed))
+        with jax.set_mesh(self.mesh):
+            key = jax.device_put(key, NamedSharding(self.mesh, P()))
+            out = [step(params, self.reference, b, jnp.int32(i), key) for i, b in enumerate(self.batches)]
+        return jax.device_get(out)
+
     def __call__(self, params, *, seed: int | None = None, grid: bool = True) -> dict[str, float]:
+        if self.objective.name not in ELBO_OBJECTIVES:
+            sums = self.objective_sums(params, seed=seed)
+            return {f"eval/{k}": float(np.mean([float(s[k]) for s in sums])) for k in sums[0]}
         return summarize(self.sums(params, seed=seed, grid=grid))
 
 
-def make_validator(config: Config, mesh: Mesh, dataset) -> Validator | None:
+def make_validator(config: Config, mesh: Mesh, dataset, reference: Any = None) -> Validator | None:
     """The run's `Validator` when `train.eval_every` asks for one, checking that validation data exists."""
     if config.train.eval_every <= 0:
         return None
     if dataset is None:
         raise ValueError(f"train.eval_every={config.train.eval_every} but no validation data: set data.eval_files "
                          f"or data.eval_fraction (or pass eval_dataset)")
-    return Validator(config, mesh, dataset)
+    return Validator(config, mesh, dataset, reference)
 
 
 def eval_due(step: int, train) -> bool:
