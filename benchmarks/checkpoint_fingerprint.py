@@ -3,9 +3,9 @@
     python benchmarks/checkpoint_fingerprint.py --config configs/tiny.yaml [--repeats 5] [overrides]
 
 Builds the real train state of a config (params + AdamW moments, sharded over all local
-devices by the config's mesh rules), then times `integrity.array_fingerprints(state)` (the
-on-device pass plus fetching 8 bytes per array; compiled once first) and a synchronous Orbax
-save of the same state to a temporary local directory. Prints one JSON line per measurement,
+devices by the config's mesh rules), then times `integrity.process_fingerprints(state)`, what a
+save computes (an on-device pass over the shards this process owns, then 8 bytes per shard;
+compiled once first), and a synchronous Orbax save of the same state to a temporary local directory. Prints one JSON line per measurement,
 then a table. On a TPU/GPU, the fingerprint reads the state once at HBM bandwidth.
 """
 
@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
 
     from llada_jax.config import load_config
     from llada_jax.model.sharding import make_mesh
-    from llada_jax.io.integrity import array_fingerprints
+    from llada_jax.io.integrity import process_fingerprints
     from llada_jax.training.step import init_state
 
     config = load_config(args.config, args.overrides)
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
         state = init_state(config, mesh)
         jax.block_until_ready(state)
         nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
-        fp = time_call(lambda: array_fingerprints(state), args.repeats).median_s  # the first call compiles
+        fp = time_call(lambda: process_fingerprints(state), args.repeats).median_s  # the first call compiles
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = ocp.StandardCheckpointer()
             counter = iter(range(10**6))

@@ -185,7 +185,8 @@ class TrainCheckpointer:
         if is_lead():
             self.directory.mkdir(parents=True, exist_ok=True)
             write_config(self.directory, self.config)
-        record = {"arrays": integrity.array_fingerprints(state), "processes": integrity.all_process_fingerprints(state)}
+        shares = integrity.all_process_shares(integrity.process_fingerprints(state))
+        record = {"arrays": integrity.fingerprints_from_shares(shares), "processes": shares}
         items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(self.config.to_dict())}
         if data_iterator is not None:
             import grain
@@ -200,9 +201,9 @@ class TrainCheckpointer:
 
     def _read_local(self, step: int, target_state, data_iterator, partial: bool):
         """This process's part of a restore: the step's JSON items, its shards of the state and its
-        iterator file, checked against what can be checked alone. No collective and no barrier, so
-        a process that fails here cannot leave the others waiting; CheckpointDamagedError naming
-        the step (and the file, where the error names it) otherwise."""
+        iterator file, checked against what can be checked alone, and its fingerprint shares. No
+        collective and no barrier, so a process that fails here cannot leave the others waiting;
+        CheckpointDamagedError naming the step (and the file, where the error names it) otherwise."""
         import orbax.checkpoint as ocp
 
         record = self._json_item(step, "integrity")
@@ -221,7 +222,7 @@ class TrainCheckpointer:
             raise CheckpointDamagedError(f"checkpoint step {step}: unreadable ({_first_line(e)}) in {file}") from None
         finally:
             handler.close()
-        self._check_own_shards(step, state, record)
+        shares = self._check_own_shards(step, state, record)
         if data_iterator is not None:
             import grain
 
@@ -237,28 +238,29 @@ class TrainCheckpointer:
             if len(saved) != count or saved[index] != mine:
                 raise CheckpointDamagedError(f"checkpoint step {step}: {name} failed verification (iterator state "
                                              f"fingerprint differs from the saved one)")
-        return state, data_iterator, record
+        return state, data_iterator, record, shares
 
-    def _check_own_shards(self, step: int, state, record: dict) -> None:
-        """The shards this process owns against the shares of the fingerprints it saved, where it owns
-        the same shards as when saving (same mesh and process count): names this process's files."""
-        saved = record.get("processes")
+    def _check_own_shards(self, step: int, state, record: dict) -> dict[str, str]:
+        """This process's fingerprint shares of the restored state, checked against the ones it saved
+        where it owns the same shards as when saving (same mesh and process count): names its files."""
+        saved, mine = record.get("processes"), integrity.process_fingerprints(state)
         index = jax.process_index()
         if not isinstance(saved, list) or len(saved) != jax.process_count() or not isinstance(saved[index], dict):
-            return  # written before per-process shares, or by another number of processes: the global check only
-        saved, mine = saved[index], integrity.process_fingerprints(state)
+            return mine  # written before per-process shares, or by another number of processes: the global check
+        saved = saved[index]
         bad = [k for k, v in mine.items() if str(saved.get(k, ""))[16:] == v[16:] and saved[k][:16] != v[:16]]
         if bad:
             raise CheckpointDamagedError(
                 f"checkpoint step {step}: failed verification (arrays {', '.join(bad[:3])}"
                 + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + " differ from what this process saved; "
                 f"its files: {path_str(self.directory / str(step) / 'state' / f'ocdbt.process_{index}')}/)")
+        return mine
 
-    def _verify_arrays(self, step: int, state, record: dict, partial: bool) -> None:
-        """Compare the restored arrays with the saved fingerprints (a computation over the global
-        arrays: every process takes part, and every process gets the same answer)."""
+    def _verify_arrays(self, step: int, shares: dict[str, str], record: dict, partial: bool) -> None:
+        """Compare the restored arrays' fingerprints, added up from every process's shares (one exchange:
+        every process takes part and gets the same answer), with the saved ones."""
         expected = record.get("arrays") or {}
-        actual = integrity.array_fingerprints(state)
+        actual = integrity.fingerprints_from_shares(integrity.all_process_shares(shares))
         if partial:
             expected = {k: v for k, v in expected.items() if k in actual}
         problems = integrity.differences(expected, actual) if expected else ["no array fingerprints saved"]
@@ -270,10 +272,10 @@ class TrainCheckpointer:
         """Restore `step` and verify it on every process; CheckpointDamagedError (step, process, what
         failed) on all of them when any one fails, so that all processes take the same decision."""
         try:
-            state, data_iterator, record = self._read_local(step, target_state, data_iterator, partial)
+            state, data_iterator, record, shares = self._read_local(step, target_state, data_iterator, partial)
             problem = ""
         except CheckpointDamagedError as e:
-            state, record, problem = None, None, str(e)
+            state, record, shares, problem = None, None, None, str(e)
         problems = integrity.all_process_texts(problem)  # the one exchange before anything collective
         failed = [(i, m) for i, m in enumerate(problems) if m]
         if failed:
@@ -283,7 +285,7 @@ class TrainCheckpointer:
                 f"checkpoint step {step}: " + "; ".join(f"process {i} of {len(problems)}: "
                                                         f"{m.removeprefix(f'checkpoint step {step}: ')}"
                                                         for i, m in failed))
-        self._verify_arrays(step, state, record, partial)
+        self._verify_arrays(step, shares, record, partial)
         return state, data_iterator
 
     def restore(self, step: int, target_state, data_iterator=None):
