@@ -50,6 +50,16 @@ def worker_prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
                                                        per_worker_buffer_size=data_cfg.worker_buffer_size))
 
 
+def row_batches(rows, data_cfg, batch_size: int, *, seed: int, row_map=None) -> grain.IterDataset:
+    """Batches of a random-access row source (SFT rows, preference pairs, prompt indices): shuffled
+    by `seed` (anew each epoch), repeated, each row mapped by `row_map` (e.g. padding) when given,
+    batched (the last partial batch dropped) and prefetched; checkpointable."""
+    ds = shuffle_repeat(grain.MapDataset.source(rows), data_cfg, seed=seed)
+    if row_map is not None:
+        ds = ds.map(row_map)
+    return worker_prefetch(to_iter(ds, data_cfg).batch(batch_size, drop_remainder=True), data_cfg)
+
+
 def stack_tokens(rows) -> dict[str, np.ndarray]:
     """Batch function of the pretraining pipeline: {"tokens": int32 [batch, seq_len]}."""
     return {"tokens": np.stack(rows).astype(np.int32, copy=False)}

@@ -24,7 +24,7 @@ import grain
 import numpy as np
 
 from llada_jax.data.chat import encode_sft_example
-from llada_jax.data.pipeline import check_pipeline_args, shuffle_repeat, to_iter, worker_prefetch
+from llada_jax.data.pipeline import check_pipeline_args, row_batches
 from llada_jax.data.rows import scan_rows
 from llada_jax.data.sft import PadRow, SFTRows, fit_row
 from llada_jax.data.sources import DataError, DataStats
@@ -155,6 +155,4 @@ def make_preference_dataset(data_cfg, tokenizer, seq_len: int, batch_size: int, 
     check_pipeline_args(seq_len, batch_size, seed, shard_index, shard_count)
     rows = build_preference_rows(data_cfg, tokenizer, seq_len, shard_index=shard_index, shard_count=shard_count,
                                  stats=stats, split=split)
-    ds = shuffle_repeat(grain.MapDataset.source(rows), data_cfg, seed=seed)
-    batches = to_iter(ds.map(PadPair(seq_len, tokenizer.eos_id)), data_cfg).batch(batch_size, drop_remainder=True)
-    return worker_prefetch(batches, data_cfg)
+    return row_batches(rows, data_cfg, batch_size, seed=seed, row_map=PadPair(seq_len, tokenizer.eos_id))

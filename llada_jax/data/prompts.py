@@ -17,7 +17,7 @@ import grain
 import numpy as np
 
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
-from llada_jax.data.pipeline import check_pipeline_args, shuffle_repeat, to_iter, worker_prefetch
+from llada_jax.data.pipeline import check_pipeline_args, row_batches
 from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
 from llada_jax.io.paths import path_str
 from llada_jax.data.split import in_split
@@ -141,5 +141,4 @@ def make_prompt_dataset(rows: PromptRows, data_cfg, batch_size: int, *, seed: in
     """Batches {"row": int32 [batch_size]} of indices into `rows`, shuffled by `seed` (anew each
     epoch), repeated `data_cfg.num_epochs` times; checkpointable like the SFT pipeline."""
     check_pipeline_args(1, batch_size, seed, 0, 1)
-    ds = shuffle_repeat(grain.MapDataset.source(_RowIndex(len(rows))), data_cfg, seed=seed)
-    return worker_prefetch(to_iter(ds, data_cfg).batch(batch_size, drop_remainder=True), data_cfg)
+    return row_batches(_RowIndex(len(rows)), data_cfg, batch_size, seed=seed)
