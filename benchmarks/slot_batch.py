@@ -10,9 +10,7 @@ Prints one JSON object and a table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import add_output_args, emit, machine, markdown_table  # noqa: E402
+from harness import add_output_args, emit, machine, markdown_table, time_call  # noqa: E402
 from llada_jax.config import ModelConfig  # noqa: E402
 from llada_jax.inference.sampling import generate  # noqa: E402
 from llada_jax.model.transformer import init_params  # noqa: E402
@@ -61,13 +59,7 @@ def main(argv=None) -> dict:
         np.asarray(generate(params, cfg, prompts[:1], **gen_kw))
 
     def timed(fn):
-        fn()  # compile / warm
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return time_call(fn, args.repeats).median_s  # the first call compiles and warms
 
     t_seq, t_static, t_alone = timed(sequential), timed(static_batch), timed(alone)
     with Scheduler(params, cfg, max_batch=n, max_queue=4 * n) as sched:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from llada_jax.cli.options import (MASK_MARK, NEWLINE_MARK, add_model_flags, add_sampler_flags, base_sample,
+from llada_jax.cli.options import (NEWLINE_MARK, add_model_flags, add_sampler_flags, base_sample,
                                    checkpoint_tokenizer, eval_mesh, trajectory_lines)
 
 
@@ -86,7 +86,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (temperature > 0, random remasking)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler call")
     p.add_argument("--show-steps", action="store_true",
-                   help=f"print the answer after every step, masked positions as {MASK_MARK}, newlines as {NEWLINE_MARK}")
+                   help=f"print the answer after every step, masked positions as \u2591, newlines as {NEWLINE_MARK}")
     p.set_defaults(func=_cmd_generate)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MASK_MARK = "\u2591"     # ░: a position still masked
 NEWLINE_MARK = "\u23ce"  # ⏎: a newline, so each step stays one line
 
 
@@ -78,10 +77,8 @@ def trajectory_lines(trajectory, tokenizer, cfg) -> list[str]:
     newlines as ⏎, EOS / end-of-turn and ids past the tokenizer's vocabulary by name."""
     import numpy as np
 
-    from llada_jax.inference.sampling import format_trajectory
+    from llada_jax.inference.sampling import format_trajectory, trajectory_specials
 
-    trajectory = np.asarray(trajectory)
-    specials = {int(i): f"<{int(i)}>" for i in np.unique(trajectory) if i >= tokenizer.vocab_size}
-    specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
-    lines = format_trajectory(trajectory, tokenizer.decode, cfg.mask_token_id, mark=MASK_MARK, specials=specials)
+    specials = trajectory_specials(trajectory, tokenizer.vocab_size, cfg)
+    lines = format_trajectory(np.asarray(trajectory), tokenizer.decode, cfg.mask_token_id, specials=specials)
     return [line.replace("\n", NEWLINE_MARK) for line in lines]

@@ -56,7 +56,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     state = ServerState(scheduler, served, args.request_timeout)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    buckets = getattr(scheduler.slots, "length_buckets", None)
+    buckets = scheduler.slots.length_buckets
 
     def ready():
         print(f"llada-jax serve: {url}/v1 model {served.name} ({cfg.n_layers} layers, d_model {cfg.d_model}, "

@@ -100,7 +100,18 @@ def trajectory_from(tokens, write_step, model_calls: int, mask_id: int) -> np.nd
     return np.where(write_step[None] <= t, tokens[None], mask_id).astype(np.int32)
 
 
-def format_trajectory(trajectory, decode, mask_id: int, *, mark: str = "░",
+MASK_MARK = "\u2591"  # ░: a position still masked
+
+
+def trajectory_specials(tokens, vocab_size: int, cfg: ModelConfig) -> dict[int, str]:
+    """Labels `format_trajectory` shows for ids a tokenizer of `vocab_size` pieces does not decode:
+    EOS and end-of-turn by name, any other id past its vocabulary as `<id>`."""
+    specials = {int(i): f"<{int(i)}>" for i in np.unique(np.asarray(tokens)) if i >= vocab_size}
+    specials.update({cfg.eos_token_id: "<eos>", cfg.eot_token_id: "<eot>"})
+    return specials
+
+
+def format_trajectory(trajectory, decode, mask_id: int, *, mark: str = MASK_MARK,
                       specials: dict[int, str] | None = None) -> list[str]:
     """One string per step of a single row's trajectory [T, G]: runs of written tokens decoded
     with `decode(ids) -> str`, each still-masked position shown as `mark`, ids in `specials`
@@ -239,7 +250,7 @@ def _sampler_body(params, prompt, prompt_mask, key, temperature, cfg_scale, thre
 _sampler = jax.jit(_sampler_body, static_argnames=("cfg", "plan"))
 
 
-def _x64(enabled: bool):
+def float64_noise(enabled: bool):
     """Float64 inside the sampler only (Gumbel noise); never switched on globally."""
     if not enabled:
         return contextlib.nullcontext()
@@ -312,7 +323,7 @@ def generate_with_stats(params: Any, cfg: ModelConfig, prompt, attention_mask=No
     prompt = prompt.astype(jnp.int32) if isinstance(prompt, jax.Array) else np.asarray(prompt, np.int32)
     if key is None:
         key = jax.random.key(0)  # unused: the plan draws no randomness
-    with _x64(plan.sample):
+    with float64_noise(plan.sample):
         t = jnp.asarray(temperature, jnp.float64 if plan.sample else jnp.float32)
         tokens, calls, ws = _sampler(params, prompt, attention_mask, key, t,
                                      jnp.float32(cfg_scale), jnp.float32(1.0 if threshold is None else threshold),

@@ -331,8 +331,5 @@ def forward_rows(params: Params, cfg: ModelConfig, tokens, attention_mask, *, he
     call's where `fresh` is true and the cache's elsewhere (a prefix or dual cache of any
     per-row extent); the updated cache is returned. Meant to be called inside jitted code.
     """
-    logits, kv = MaskPredictor(cfg, collect_kv=cache is not None).apply(
-        {"params": params}, tokens, _key_mask(attention_mask), cache=cache, head_start=head_start,
-        head_length=head_length, cache_fresh=None if cache is None else fresh,
-    )
-    return logits, kv
+    return MaskPredictor(cfg).apply({"params": params}, tokens, _key_mask(attention_mask), cache=cache,
+                                    head_start=head_start, head_length=head_length, cache_fresh=fresh)

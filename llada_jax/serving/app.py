@@ -25,10 +25,11 @@ import socket
 import time
 from typing import Any, Callable
 
-from llada_jax.serving.openai_api import (ApiError, ChoiceText, ParsedRequest, ServedModel, chunk_object,
-                                          created_now, denoising_text, error_body, new_id, parse_request,
-                                          response_object, usage)
-from llada_jax.serving.scheduler import QueueFull, Scheduler, ShuttingDown
+from llada_jax.serving.openai_api import (ApiError, ChoiceText, ParsedRequest, ServedModel, api_message,
+                                          chunk_object, created_now, denoising_text, error_body, new_id,
+                                          parse_request, response_object, usage)
+from llada_jax.serving.requests import RequestError
+from llada_jax.serving.scheduler import CANCELLED, SHUTDOWN, QueueFull, Scheduler, ShuttingDown
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -41,7 +42,7 @@ class Metrics:
     """The server's Prometheus registry: HTTP outcomes and latencies, plus the scheduler's gauges and
     counters read at scrape time."""
 
-    def __init__(self, scheduler: Scheduler, model: str):
+    def __init__(self, scheduler: Scheduler):
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
@@ -51,7 +52,7 @@ class Metrics:
                                  ("route",), buckets=LATENCY_BUCKETS, registry=self.registry)
         self.first_chunk = Histogram("llada_time_to_first_chunk_seconds", "time from request to its first "
                                      "streamed chunk", ("route",), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(_SchedulerCollector(scheduler, model))
+        self.registry.register(_SchedulerCollector(scheduler))
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -69,8 +70,8 @@ class _SchedulerCollector:
                 "output_tokens": "answer positions unmasked"}
     OUTCOMES = ("finished", "cancelled", "errors")
 
-    def __init__(self, scheduler: Scheduler, model: str):
-        self.scheduler, self.model = scheduler, model
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -101,7 +102,7 @@ class ServerState:
         self.scheduler = scheduler
         self.served = served
         self.request_timeout = float(request_timeout)
-        self.metrics = Metrics(scheduler, served.name)
+        self.metrics = Metrics(scheduler)
         self.draining = False
         self.in_flight = 0
         self.created = created_now()
@@ -143,10 +144,10 @@ async def _until_disconnect(request) -> None:
 
 
 def _frame_error(error: str) -> ApiError:
-    if error == "server shutting down":
+    if error == SHUTDOWN:
         return ApiError("server shutting down before the request finished; retry later", status=503,
                         code="shutting_down", type="server_error")
-    if error == "cancelled":
+    if error == CANCELLED:
         return ApiError("the request was cancelled", status=503, code="cancelled", type="server_error")
     return ApiError(f"sampling failed: {error}", status=500, code="internal_error", type="server_error")
 
@@ -196,10 +197,9 @@ def build_app(state: ServerState):
                            headers={"Retry-After": str(retry)}) from None
         except ShuttingDown:
             raise _draining_error() from None
-        except ValueError as e:  # the slots refuse it (e.g. longer than every bucket)
-            message = str(e)
-            raise ApiError(message, param=message.split(":")[0] if ":" in message else None,
-                           code="invalid_value") from None
+        except RequestError as e:  # the scheduler refuses it (e.g. a guided request on a 1-row batch)
+            message, field = api_message(e)
+            raise ApiError(message, param=field, code="invalid_value") from None
 
     async def sampling_route(request, kind: str, route: str):
         t0 = time.monotonic()
@@ -327,7 +327,6 @@ async def _stream(state: ServerState, parsed: ParsedRequest, job: _StreamJob):
     metrics, tickets, route, t0 = state.metrics, job.tickets, job.route, job.t0
     rid, created = new_id(parsed.kind), created_now()
     choices = [ChoiceText(state.served, parsed.stop) for _ in tickets]
-    sent_finish = [False] * len(tickets)
     first = True
 
     def chunk(i, **kw):
@@ -346,7 +345,7 @@ async def _stream(state: ServerState, parsed: ParsedRequest, job: _StreamJob):
                 async for i, frame in _merged_frames(tickets):
                     if frame.error:
                         raise _frame_error(frame.error)
-                    if sent_finish[i]:
+                    if choices[i].finish_reason is not None:  # already finished: its last chunk is sent
                         continue
                     delta = choices[i].update(frame.tokens, frame.done)
                     if parsed.denoising:
@@ -355,7 +354,6 @@ async def _stream(state: ServerState, parsed: ParsedRequest, job: _StreamJob):
                     elif delta:
                         yield chunk(i, text=delta)
                     if choices[i].finish_reason is not None:
-                        sent_finish[i] = True
                         yield chunk(i, text="" if parsed.kind == "completion" else None,
                                     finish_reason=choices[i].finish_reason)
         except TimeoutError:

@@ -34,10 +34,9 @@ import numpy as np
 from llada_jax.config import ModelConfig, SampleConfig
 from llada_jax.evaluation.evaluate import encode_prompt
 from llada_jax.io.tokenizer import decode_answer
-from llada_jax.inference.sampling import format_trajectory
+from llada_jax.inference.sampling import format_trajectory, trajectory_specials
 from llada_jax.serving.requests import RequestError, SamplingRequest
 
-MASK_MARK = "\u2591"  # ░: a still-masked position in a denoising frame
 KINDS = ("completion", "chat")
 SAMPLER_FIELDS = ("steps", "block_length", "remasking", "threshold", "cache", "cfg_scale", "logits_eos_inf",
                   "confidence_eos_eot_inf")
@@ -257,7 +256,7 @@ def default_schedule(sample: SampleConfig, max_tokens, block_length, steps) -> t
     return block_length, steps
 
 
-def _api_message(e: RequestError) -> tuple[str, str]:
+def api_message(e: RequestError) -> tuple[str, str]:
     """The request error in the API's names (`max_tokens`, `prompt`) and its field."""
     message = e.message.replace("generate.", "").replace("generate: ", "").replace("SampleConfig.", "")
     message = message.replace("gen_length", "max_tokens").replace("prompt_ids", "prompt")
@@ -311,7 +310,7 @@ def parse_request(kind: str, body: Any, served: ServedModel) -> ParsedRequest:
                     served.cfg, prompt, max_tokens=max_tokens, steps=steps, block_length=block_length,
                     defaults=served.sample, seed=None if seed is None else seed + j, **given))
     except RequestError as e:
-        message, field = _api_message(e)
+        message, field = api_message(e)
         raise ApiError(message, param=field, code="invalid_value") from None
     return ParsedRequest(kind, served.name, tuple(requests), n, stream, include_usage, denoising, stop)
 
@@ -351,6 +350,7 @@ class ChoiceText:
         self.text = ""            # sent so far
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self._final_tokens = -1   # length of the unmasked prefix last decoded
 
     def update(self, tokens, done: bool) -> str:
         if self.finish_reason is not None:
@@ -359,6 +359,9 @@ class ChoiceText:
         mask_id = self.served.cfg.mask_token_id
         masked = np.flatnonzero(tokens == mask_id)
         prefix = tokens[: masked[0]] if masked.size else tokens
+        if not done and prefix.size == self._final_tokens:  # written tokens never change: nothing new is final
+            return ""
+        self._final_tokens = prefix.size
         ends = np.flatnonzero(np.isin(prefix, self.served.stop_ids))
         complete = done or bool(ends.size)
         text, hit_stop = cut_at_stop(decode_answer(self.served.tokenizer, prefix, self.served.stop_ids), self.stop)
@@ -377,11 +380,8 @@ class ChoiceText:
 def denoising_text(tokens, served: ServedModel) -> str:
     """A frame's answer with masked positions as ░ and EOS / end-of-turn by name."""
     tokens = np.asarray(tokens)
-    specials = {int(i): f"<{int(i)}>" for i in np.unique(tokens) if i >= served.tokenizer.vocab_size}
-    specials.update({served.cfg.eos_token_id: "<eos>", served.cfg.eot_token_id: "<eot>"})
-    specials.pop(served.cfg.mask_token_id, None)
-    return format_trajectory(tokens[None], served.tokenizer.decode, served.cfg.mask_token_id, mark=MASK_MARK,
-                             specials=specials)[0]
+    specials = trajectory_specials(tokens, served.tokenizer.vocab_size, served.cfg)
+    return format_trajectory(tokens[None], served.tokenizer.decode, served.cfg.mask_token_id, specials=specials)[0]
 
 
 def new_id(kind: str) -> str:

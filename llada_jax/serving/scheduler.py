@@ -275,12 +275,11 @@ class Scheduler:
                 results = self.slots.step()
             except Exception as e:  # a failed step fails its requests, never the thread
                 with self._cond:
-                    for slot, ticket in list(self._active.items()):
-                        self.slots.release(slot)
+                    for ticket in self._active.values():
                         ticket._fail(f"{type(e).__name__}: {e}")
                         self._counts["errors"] += 1
                     self._active.clear()
-                    self.slots.reset()
+                    self.slots.reset()  # frees every slot
                 continue
             now = time.monotonic()
             with self._cond:

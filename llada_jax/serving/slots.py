@@ -34,7 +34,6 @@ every row uses, or all of them): `planned_compiles` is their product, `compiles`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, NamedTuple
 
@@ -44,9 +43,9 @@ import numpy as np
 
 from llada_jax.config import REMASKING, ModelConfig
 from llada_jax.inference.denoise import RowOptions, combine_guidance, transfer
-from llada_jax.inference.sampling import Plan, step_keys
+from llada_jax.inference.sampling import Plan, float64_noise, step_keys, transfer_counts
 from llada_jax.model.transformer import KVCache, forward_rows
-from llada_jax.serving.requests import RequestError, SamplingRequest
+from llada_jax.serving.requests import SamplingRequest
 
 # Columns of the per-row int32 table passed to each step.
 _INT_COLS = ("start", "block_length", "count", "remasking", "call", "src", "partner", "prompt_len", "length",
@@ -83,15 +82,6 @@ def _bucket(value: int, buckets) -> int:
         if b >= value:
             return b
     raise ValueError(f"{value} exceeds the largest bucket {buckets[-1]}")
-
-
-@contextlib.contextmanager
-def _x64(enabled: bool):
-    if not enabled:
-        yield
-        return
-    with jax.enable_x64(True):
-        yield
 
 
 class _Rows(NamedTuple):
@@ -161,13 +151,10 @@ class _Slot:
     row: int
     partner: int            # the unconditional row, or `row` itself
     key_data: np.ndarray
+    counts: np.ndarray      # tokens written at each step of a block (the release schedule)
     block: int = 0
     step_in_block: int = 0
     calls: int = 0
-
-    @property
-    def prompt_len(self) -> int:
-        return self.plan.prompt_len
 
     @property
     def length(self) -> int:
@@ -176,10 +163,6 @@ class _Slot:
     @property
     def start(self) -> int:
         return self.plan.prompt_len + self.block * self.plan.block_length
-
-    def count(self) -> int:
-        k, s, i = self.plan.block_length, self.plan.steps_per_block, self.step_in_block
-        return k // s + (1 if i < k % s else 0)
 
 
 class StepResult(NamedTuple):
@@ -200,7 +183,7 @@ class SlotBatch:
         self.length_buckets = tuple(sorted(length_buckets or default_length_buckets(cfg.max_seq_len)))
         if self.length_buckets[-1] < cfg.max_seq_len:
             self.length_buckets += (cfg.max_seq_len,)
-        self.batch_buckets = tuple(b for b in _pow2_upto(max_batch))
+        self.batch_buckets = tuple(_pow2_upto(max_batch))
         self._slots: dict[int, _Slot] = {}
         self._owner: list[int | None] = [None] * max_batch   # row -> slot id (its conditional row)
         self._x = np.full((max_batch, cfg.max_seq_len), cfg.mask_token_id, np.int32)
@@ -231,10 +214,7 @@ class SlotBatch:
 
     def check(self, request: SamplingRequest) -> Plan:
         """Validate a request for this model (RequestError) and return its plan."""
-        plan = request.plan(self.cfg)
-        if request.needs_key and request.seed is None:
-            raise RequestError("seed", "temperature > 0 and remasking='random' need a seed")
-        return plan
+        return request.plan(self.cfg)  # make_plan refuses a sampling plan without a key (seed)
 
     # -- admission
     def admit(self, request: SamplingRequest) -> int:
@@ -246,7 +226,9 @@ class SlotBatch:
         row = free[0]
         partner = free[-1]
         key = jax.random.key(0 if request.seed is None else request.seed)
-        slot = _Slot(request, plan, row, partner, np.asarray(jax.random.key_data(key), np.uint32))
+        # A block's answer positions are all masked when it starts: its schedule is the same every block.
+        counts = np.asarray(transfer_counts(np.ones((1, plan.block_length), bool), plan.steps_per_block))[0]
+        slot = _Slot(request, plan, row, partner, np.asarray(jax.random.key_data(key), np.uint32), counts)
         for r in free:
             self._owner[r] = row
         self._x[row] = self.cfg.mask_token_id
@@ -289,7 +271,7 @@ class SlotBatch:
                             logits_eos_inf=plan.logits_eos_inf, confidence_eos_eot_inf=plan.confidence_eos_eot_inf)
                 flags = sum(1 << i for i, n in enumerate(_FLAG_BITS) if bits[n])
                 values = dict(start=s.start, block_length=plan.block_length,
-                              count=0 if plan.use_threshold else s.count(), remasking=REMASKING.index(plan.remasking),
+                              count=0 if plan.use_threshold else int(s.counts[s.step_in_block]), remasking=REMASKING.index(plan.remasking),
                               call=s.calls, src=s.row, partner=s.partner, prompt_len=plan.prompt_len, length=s.length,
                               fresh_from=fresh_from, fresh_to=fresh_to, flags=flags)
                 ints[r] = [values[n] for n in _INT_COLS]
@@ -313,7 +295,7 @@ class SlotBatch:
         cache = self._layout_cache(nb, lb) if cached else None
         ints, floats, temperature, key_data = self._table(nb)
         self._shapes.add((nb, lb, window, sample, cached, remasking))
-        with _x64(sample):
+        with float64_noise(sample):
             rows = _Rows(jnp.asarray(ints), jnp.asarray(floats),
                          jnp.asarray(temperature, jnp.float64 if sample else jnp.float32), jnp.asarray(key_data))
             x, cache = slot_step(self.params, jnp.asarray(self._x[:nb, :lb]), cache, rows, cfg=self.cfg,
