@@ -18,9 +18,8 @@ import numpy as np
 
 from llada_jax.data.chat import encode_sft_example, parse_sft_row
 from llada_jax.data.pipeline import check_pipeline_args, row_batches
-from llada_jax.data.sources import DataError, DataStats, expand_files, file_format, scan_jsonl
-from llada_jax.io.paths import path_str
-from llada_jax.data.split import in_split
+from llada_jax.data.rows import scan_rows
+from llada_jax.data.sources import DataError, DataStats
 
 
 def parse_prompt_row(obj: Any, data_cfg) -> tuple[list[dict], str, str]:
@@ -70,42 +69,12 @@ def build_prompt_rows(data_cfg, tokenizer, width: int, pad_id: int, *, shard_ind
                       stats: DataStats | None = None, split: str = "train") -> PromptRows:
     """Validate every row of `data_cfg.files`, then encode this process's strided shard."""
     stats = stats if stats is not None else DataStats()
-    mine: list[tuple[list[dict], str, str, str]] = []
-    total = seen = 0
-
-    for path in expand_files(data_cfg.files):
-        fmt = file_format(path, data_cfg.format)
-        counter = {"n": 0}
-
-        def keep(obj, path=path, fmt=fmt, counter=counter) -> bool:
-            nonlocal total, seen
-            where = (f"{path_str(path)}: row {counter['n']}" if fmt == "parquet"
-                     else f"{path_str(path)}: record {counter['n'] + 1}")
-            counter["n"] += 1
-            messages, text, answer = parse_prompt_row(obj, data_cfg)
-            seen += 1
-            if in_split(seen - 1, data_cfg.eval_fraction, split):
-                if total % shard_count == shard_index:
-                    mine.append((messages, text, answer, where))
-                total += 1
-            return True
-
-        if fmt == "parquet":
-            from llada_jax.data.parquet import scan_parquet_rows
-
-            scan_parquet_rows(path, (data_cfg.prompt_field, data_cfg.messages_field, data_cfg.answer_field), keep,
-                              data_cfg.on_error, stats)
-        elif fmt == "jsonl":
-            scan_jsonl(path, keep, data_cfg.on_error, stats)
-        else:
-            raise DataError(f"{path_str(path)}: prompt rows must be JSONL or Parquet (got format '{fmt}')")
-    stats.add(documents=total)
-    if total < shard_count:
-        raise DataError(f"{total} prompt rows in data.files {list(data_cfg.files)} cannot be split into "
-                        f"{shard_count} process shards")
+    columns = (data_cfg.prompt_field, data_cfg.messages_field, data_cfg.answer_field)
+    mine = scan_rows(data_cfg, lambda obj: parse_prompt_row(obj, data_cfg), columns, shard_index=shard_index,
+                     shard_count=shard_count, stats=stats, split=split, what="prompt", with_source=True)
     ids, lengths, prompts, answers, sources = [], [], [], [], []
     dropped = 0
-    for messages, text, answer, where in mine:
+    for (messages, text, answer), where in mine:
         prompt, _ = encode_sft_example(messages, "", tokenizer, data_cfg)
         if len(prompt) > width:
             dropped += 1

@@ -157,22 +157,21 @@ def all_process_strings(value: str) -> list[str]:
     return [raw.hex() for raw in _all_process_bytes(bytes.fromhex(value))]
 
 
-TEXT_BYTES = 2048  # the longest text `all_process_texts` carries by default (UTF-8 bytes; longer is cut)
-
-
-def all_process_texts(text: str, size: int = TEXT_BYTES) -> list[str]:
-    """`text` of every process, in process order (one collective of `size` + 4 bytes each; `size`
-    must be the same on every process): how processes share a verdict (an error message, a list of
-    steps, their fingerprint shares) before acting on it."""
-    data = text.encode()[:size]
-    raw = len(data).to_bytes(4, "little") + data.ljust(size, b"\0")
-    return [r[4:4 + int.from_bytes(r[:4], "little")].decode(errors="replace") for r in _all_process_bytes(raw)]
+def all_process_texts(text: str) -> list[str]:
+    """`text` of every process, in process order: how processes share a verdict (an error message, a
+    list of steps, their fingerprint shares) before acting on it. Two collectives (the lengths, then
+    the texts padded to the longest); none with one process."""
+    if jax.process_count() == 1:
+        return [text]
+    data = text.encode()
+    size = max(int.from_bytes(r, "little") for r in _all_process_bytes(len(data).to_bytes(8, "little")))
+    raw = len(data).to_bytes(8, "little") + data.ljust(size, b"\0")
+    return [r[8:8 + int.from_bytes(r[:8], "little")].decode() for r in _all_process_bytes(raw)]
 
 
 def all_process_shares(mine: dict[str, str]) -> list[dict[str, str]]:
-    """Every process's `process_fingerprints` (this one's is `mine`), in process order (one collective)."""
-    size = 4 + sum(len(k) + len(v) + 8 for k, v in mine.items())  # the same on every process: same leaves
-    return [json.loads(t) for t in all_process_texts(json.dumps(mine), size=size)]
+    """Every process's `process_fingerprints` (this one's is `mine`), in process order."""
+    return [json.loads(t) for t in all_process_texts(json.dumps(mine))]
 
 
 def differences(saved: dict[str, str], actual: dict[str, str]) -> list[str]:

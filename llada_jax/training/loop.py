@@ -297,9 +297,10 @@ def make_dataset(config: Config, tokenizer=None, split: str = "train"):
     count = jax.process_count()
     if train.batch_size % count:
         raise ValueError(f"train.batch_size={train.batch_size} does not split over {count} processes")
-    if train.objective == "grpo":  # prompt rows, turned into batches by rollouts of the policy
+    objective = objective_of(train.objective)
+    if objective.dataset is None:  # prompt rows, turned into batches by rollouts of the policy
         return make_rollout_source(config, tokenizer, data_cfg, part)
-    make = getattr(data, objective_of(train.objective).dataset)
+    make = getattr(data, objective.dataset)
     return make(data_cfg, tokenizer, train.seq_len, train.batch_size // count, seed=train.seed,
                 shard_index=jax.process_index(), shard_count=count, split=part)
 

@@ -39,11 +39,13 @@ class Objective:
     fields: dict[str, tuple[Dims, Any]]  # batch field -> (dims after rows, dtype)
     prepare: Callable                    # (key, batch, *, model, train, settings) -> tuple of loss inputs [B, ...] or None
     loss: Callable                       # (params, reference, *parts, *, model, train, settings) -> (loss, metrics)
-    dataset: str                         # the `llada_jax.data` function that builds its batches
+    dataset: str | None                  # the `llada_jax.data` function that builds its batches; None: rollouts
+                                         # of the policy make them (training/rollout.py)
     needs_reference: bool = False
     settings: str | tuple[str, ...] | None = None  # config section(s) of its settings (a tuple: a tuple of sections)
     shown: tuple[str, ...] = ()          # metrics shown on the progress bar
     passes: Callable = lambda settings: (1, 0)  # settings -> sequences per batch row (forward + backward, forward only)
+    elbo_eval: bool = False              # validated by the ELBO grid (else by its own loss)
 
     def shapes(self, train: TrainConfig, rows: int) -> dict[str, tuple[int, ...]]:
         return {k: (rows, *(getattr(train, d) if isinstance(d, str) else d for d in dims))
@@ -93,15 +95,16 @@ _ROWS = (("seq_len",), jnp.int32)
 _PER_ROW = ((), jnp.int32)
 
 OBJECTIVE_TABLE: dict[str, Objective] = {
-    "pretrain": Objective("pretrain", {"tokens": _ROWS}, _diffusion_parts, _diffusion_loss, "make_pretrain_dataset"),
+    "pretrain": Objective("pretrain", {"tokens": _ROWS}, _diffusion_parts, _diffusion_loss, "make_pretrain_dataset",
+                          elbo_eval=True),
     "sft": Objective("sft", {"tokens": _ROWS, "prompt_lengths": _PER_ROW}, _diffusion_parts, _diffusion_loss,
-                     "make_sft_dataset"),
+                     "make_sft_dataset", elbo_eval=True),
     "vrpo": Objective("vrpo", {"chosen": _ROWS, "rejected": _ROWS, "prompt_lengths": _PER_ROW}, vrpo.vrpo_parts,
                       vrpo.vrpo_loss, "make_preference_dataset", needs_reference=True, settings="vrpo",
                       shown=("reward_accuracy", "reward_margin"), passes=vrpo.vrpo_passes),
     "grpo": Objective("grpo", {"tokens": _ROWS, "prompt_lengths": _PER_ROW, "advantages": ((), jnp.float32),
                                "old_logps": (("seq_len",), jnp.float32)}, grpo.grpo_parts, grpo.grpo_loss,
-                      "make_rollout_source", needs_reference=True, settings=("grpo", "sample"),
+                      None, needs_reference=True, settings=("grpo", "sample"),
                       shown=("reward_mean", "kl", "clip_fraction")),
 }
 

@@ -20,7 +20,6 @@ import base64
 import functools
 import io
 import json
-import time
 
 import flax.linen as nn
 import jax
@@ -93,7 +92,6 @@ class RolloutSource:
         self.reward_fn = reward_fn if reward_fn is not None else load_reward(self.grpo.reward)
         self.width = prompt_width(config.train, self.sample)
         self._buffer: dict | None = None   # the current rollout batch: step, arrays, metrics
-        self.last_rollout_seconds = 0.0
 
     def __iter__(self):
         return self
@@ -120,7 +118,6 @@ class RolloutSource:
         return dict(self._buffer["metrics"]) if self._buffer is not None else {}
 
     def _rollout(self, state, first: int, mesh) -> dict:
-        t0 = time.perf_counter()
         g, model, width = self.grpo.num_generations, self.model, self.width
         idx = np.repeat(np.asarray(next(self.prompt_iter)["row"]), g)
         lengths = self.rows.lengths[idx]
@@ -142,7 +139,6 @@ class RolloutSource:
                                   [self.rows.answers[i] for i in idx], [self.rows.sources[i] for i in idx])
         advantages = np.asarray(group_advantages(rewards, g, scale=self.grpo.scale_advantages), np.float32)
         lengths_c = np.asarray(completion_mask(completions, model.eos_token_id)).sum(axis=1)
-        self.last_rollout_seconds = time.perf_counter() - t0
         metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                    "zero_std_share": float(zero_variance_share(rewards, g)),
                    "completion_length": float(lengths_c.mean())}

@@ -39,10 +39,6 @@ class TrainState(NamedTuple):
     bad_steps: jax.Array   # int32 scalar: consecutive non-finite steps so far
 
 
-def batch_keys(objective: str) -> tuple[str, ...]:
-    return tuple(objective_of(objective).fields)
-
-
 def batch_shapes(train: TrainConfig, rows: int) -> dict[str, tuple[int, ...]]:
     """Shape of each batch field for `rows` rows, e.g. tokens [rows, seq_len], prompt_lengths [rows]."""
     return objective_of(train.objective).shapes(train, rows)
@@ -108,7 +104,7 @@ def _schedule_count(opt_state) -> jax.Array:
 
 
 __all__ = ["TrainState", "train_loss", "train_step", "make_train_step", "abstract_state", "abstract_batch",
-           "abstract_reference", "batch_shapes", "batch_keys", "init_state"]
+           "abstract_reference", "batch_shapes", "init_state"]
 
 
 def train_step(state: TrainState, batch: dict, reference: Any = None, *, model: ModelConfig, train: TrainConfig,

@@ -128,10 +128,6 @@ def _make_eval_step(model: ModelConfig, train: TrainConfig, mesh: Mesh, grid: bo
                                        replicated), out_shardings=replicated)
 
 
-# Objectives validated by the ELBO grid above; the others by their own loss (`objective_eval_step`).
-ELBO_OBJECTIVES = ("pretrain", "sft")
-
-
 def objective_eval_step(params: Any, reference: Any, batch: dict, batch_index: jax.Array, key_data: jax.Array, *,
                         model: ModelConfig, train: TrainConfig, settings: Any) -> dict:
     """The objective's loss and metrics on batch `batch_index` of the set, its noise from the eval key."""
@@ -210,7 +206,7 @@ class Validator:
         return jax.device_get(out)
 
     def __call__(self, params, *, seed: int | None = None, grid: bool = True) -> dict[str, float]:
-        if self.objective.name not in ELBO_OBJECTIVES:
+        if not self.objective.elbo_eval:  # validated by its own loss (`objective_eval_step`)
             sums = self.objective_sums(params, seed=seed)
             return {f"eval/{k}": float(np.mean([float(s[k]) for s in sums])) for k in sums[0]}
         return summarize(self.sums(params, seed=seed, grid=grid))
