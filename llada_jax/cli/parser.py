@@ -8,7 +8,6 @@ rule, and points at `--help` for the usage.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import NoReturn
 
 
