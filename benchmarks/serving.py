@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from harness import add_output_args, emit, machine, markdown_table  # noqa: E402
 
+from llada_jax.serving import DEFAULT_CHUNK_S  # noqa: E402
+
 
 def make_checkpoint(directory: Path, config: str, dtype: str, max_seq_len: int, weight_scale: float) -> Path:
     """A params export of `config` with random weights and a small sentencepiece tokenizer named in its config."""
@@ -60,11 +62,12 @@ def make_checkpoint(directory: Path, config: str, dtype: str, max_seq_len: int, 
 class ServerProcess:
     """`llada-jax serve` in a subprocess; `url` once its start-up line is printed."""
 
-    def __init__(self, checkpoint: Path, max_batch: int, max_queue: int, timeout_s: float = 600):
+    def __init__(self, checkpoint: Path, max_batch: int, max_queue: int, chunk_ms: float, timeout_s: float = 600):
         env = dict(os.environ)
         self.proc = subprocess.Popen([sys.executable, "-m", "llada_jax.cli", "serve", "--checkpoint", str(checkpoint),
                                       "--port", "0", "--mesh", "none", "--max-batch", str(max_batch),
-                                      "--max-queue", str(max_queue)], stdout=subprocess.PIPE,
+                                      "--max-queue", str(max_queue), "--chunk-ms", str(chunk_ms)],
+                                     stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)],
@@ -226,6 +229,22 @@ def direct_baselines(cfg, params, prompts: list[list[int]], sampler: dict, batch
     return rows
 
 
+def batching_ceiling(cfg, params, batch: int, length: int, repeats: int = 5) -> dict:
+    """How much one model call gains from batching on this machine: the time of `lj.forward` over
+    [1, length] and over [batch, length] rows, per row. No server can beat sequential calls by
+    more than this ratio at that batch size (every answer still needs its model calls)."""
+    import jax
+
+    import llada_jax as lj
+    from harness import time_call
+
+    f = jax.jit(lambda p, x: lj.forward(p, cfg, x))
+    one = time_call(lambda: f(params, np.ones((1, length), np.int32)), repeats).median
+    many = time_call(lambda: f(params, np.ones((batch, length), np.int32)), repeats).median
+    return dict(length=length, batch=batch, ms_per_row_alone=1e3 * one, ms_per_row_batched=1e3 * many / batch,
+                gain=one * batch / many)
+
+
 def random_model(config: str, dtype: str, max_seq_len: int, weight_scale: float):
     """(ModelConfig, random params) of a config name or YAML path."""
     import jax
@@ -282,11 +301,13 @@ def run(args) -> dict:
             cfg, params = random_model(args.config, args.dtype, args.max_seq_len, args.weight_scale)
         rows = direct_baselines(cfg, params, prompts, sampler, args.concurrency, args.max_tokens,
                                 args.baseline_requests)
+        ceiling = batching_ceiling(cfg, params, max(args.concurrency),
+                                   int(np.mean(lengths)) + args.max_tokens)
         if args.engine:
             from llada_jax.serving.scheduler import Scheduler
 
             scheduler = Scheduler(params, cfg, max_batch=max(max(args.concurrency), 2),
-                                  max_queue=max(256, args.requests)).start()
+                                  max_queue=max(256, args.requests), chunk_s=args.chunk_ms / 1000).start()
             try:
                 load(args, EngineSender(scheduler, cfg), bodies, rows, label)
                 stats = scheduler.stats()
@@ -294,7 +315,7 @@ def run(args) -> dict:
                 scheduler.stop(0.0)
         else:
             del params
-            server = ServerProcess(checkpoint, max(max(args.concurrency), 2), max(256, args.requests))
+            server = ServerProcess(checkpoint, max(max(args.concurrency), 2), max(256, args.requests), args.chunk_ms)
             try:
                 load(args, HttpSender(server.url), bodies, rows, label)
                 m = server.metrics()
@@ -316,15 +337,17 @@ def run(args) -> dict:
     if f"{label} c={top_c}" in by_mode:
         checks[f"c={top_c} throughput vs sequential (target >= 4x)"] = by_mode[f"{label} c={top_c}"]["vs_sequential"]
         checks[f"c={top_c} throughput vs static batch (target >= 0.8x)"] = by_mode[f"{label} c={top_c}"]["vs_static"]
+    checks[f"one model call at batch {ceiling['batch']} vs batch 1, per row (the ceiling of x sequential)"] = \
+        ceiling["gain"]
     if f"{label} c=1" in by_mode:
         checks["c=1 median latency over lj.generate (target <= 10%)"] = \
             by_mode[f"{label} c=1"]["p50_s"] / seq["p50_s"] - 1.0
     return dict(benchmark="serving", machine=machine(), mode=label, server=server_line, server_exit_code=code,
                 config=args.config, dtype=args.dtype, max_tokens=args.max_tokens, steps=args.steps,
-                block_length=args.block_length, cache=args.cache, threshold=args.threshold,
+                block_length=args.block_length, cache=args.cache, threshold=args.threshold, chunk_ms=args.chunk_ms,
                 prompt_lengths=list(args.prompt_lengths), compiles=stats.get("compiles"),
                 planned_compiles=stats.get("planned_compiles"), model_calls=stats.get("model_calls"), rows=rows,
-                checks=checks)
+                batching_ceiling=ceiling, checks=checks)
 
 
 COLUMNS = [("mode", "mode", ""), ("requests", "requests", "d"), ("requests_per_s", "req/s", ".2f"),
@@ -337,7 +360,8 @@ def table(result: dict) -> str:
     m = result["machine"]
     title = (f"serving {result['config']} ({result['dtype']}) on {m.get('device', '?')} x{m.get('devices', '?')}, "
              f"{m.get('cpus')} CPUs: max_tokens {result['max_tokens']}, steps {result['steps']}, block "
-             f"{result['block_length']}, cache {result['cache'] or 'none'}, {result['mode']}; compiles "
+             f"{result['block_length']}, cache {result['cache'] or 'none'}, chunks of {result['chunk_ms']:g} ms, "
+             f"{result['mode']}; compiles "
              f"{result['compiles']} of {result['planned_compiles']} planned")
     checks = "\n".join(f"- {k}: {v:.2f}" for k, v in result["checks"].items())
     return markdown_table(result["rows"], COLUMNS, title) + "\n\n" + checks
@@ -366,6 +390,8 @@ def main(argv=None) -> int:
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--cache", default=None, choices=(None, "prefix", "dual"))
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_S * 1000,
+                   help="the server's --chunk-ms (0: one model call between admissions)")
     p.add_argument("--seed", type=int, default=0)
     args = add_output_args(p).parse_args(argv)
     result = run(args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from llada_jax.cli.options import add_model_flags, base_sample, checkpoint_tokenizer
+from llada_jax.serving import DEFAULT_CHUNK_S
 
 
 def _check_flags(args) -> None:
@@ -22,6 +23,8 @@ def _check_flags(args) -> None:
         raise ValueError(f"--max-queue: {args.max_queue} must be >= 0")
     if not args.request_timeout > 0:
         raise ValueError(f"--request-timeout: {args.request_timeout:g} must be > 0 seconds")
+    if args.chunk_ms < 0:
+        raise ValueError(f"--chunk-ms: {args.chunk_ms:g} must be >= 0 milliseconds")
     if args.drain_timeout < 0:
         raise ValueError(f"--drain-timeout: {args.drain_timeout:g} must be >= 0 seconds")
 
@@ -52,7 +55,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     mesh = eval_mesh(args.mesh)
     sock = bind_socket(args.host, args.port)
     scheduler = Scheduler(place_params(params, cfg, mesh), cfg, max_batch=args.max_batch,
-                          max_queue=args.max_queue).start()
+                          max_queue=args.max_queue, chunk_s=args.chunk_ms / 1000).start()
     state = ServerState(scheduler, served, args.request_timeout)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -85,6 +88,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed at start-up)")
     p.add_argument("--max-batch", type=int, default=8, help="slots: rows in the batch of one model call")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
+    p.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_S * 1000,
+                   help="model calls between two admissions run as one jitted chunk of about this many ms, cut "
+                        "short where a request finishes (default %(default)g; 0: admit between every two calls)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take (queue included) before it ends with an error")
     p.add_argument("--drain-timeout", type=float, default=30.0,

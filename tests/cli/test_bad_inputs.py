@@ -201,6 +201,7 @@ CASES = [
     Case("sv-port-not-int", "serve --checkpoint {E} --port abc", "argument --port: invalid int value: 'abc'"),
     Case("sv-port-range", "serve --checkpoint {E} --port 70000", "--port: 70000 is not in 0..65535"),
     Case("sv-max-batch", "serve --checkpoint {E} --port 0 --max-batch 0", "--max-batch: 0 must be >= 2"),
+    Case("sv-chunk-ms", "serve --checkpoint {E} --port 0 --chunk-ms -1", "--chunk-ms: -1 must be >= 0"),
     Case("sv-request-timeout", "serve --checkpoint {E} --port 0 --request-timeout 0", "--request-timeout: 0"),
     Case("sv-tokenizer-too-big", "serve --checkpoint {E} --tokenizer {F}/big.model --port 0",
          "vocab_size: tokenizer has 600 tokens, model only 512"),

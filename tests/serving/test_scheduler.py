@@ -20,7 +20,7 @@ import pytest
 from llada_jax.inference.sampling import generate
 from llada_jax.serving.requests import RequestError, SamplingRequest
 from llada_jax.serving.scheduler import CANCELLED, SHUTDOWN, QueueFull, Scheduler, ShuttingDown
-from llada_jax.serving.slots import default_length_buckets
+from llada_jax.serving.slots import SlotBatch, default_length_buckets
 
 SCALE = 4.0
 BUCKETS = (32,)  # one row length: few compiles
@@ -79,7 +79,7 @@ def test_short_request_is_not_held_by_a_long_one(tiny_cfg, params):
     rng = np.random.default_rng(2)
     long = _request(tiny_cfg, _prompt(rng, 6), max_tokens=24, steps=24, block_length=8)
     short = _request(tiny_cfg, _prompt(rng, 4), max_tokens=8, steps=2, block_length=8)
-    with Scheduler(params, tiny_cfg, max_batch=4, buckets=BUCKETS) as sched:
+    with Scheduler(params, tiny_cfg, max_batch=4, buckets=BUCKETS, chunk_s=0.0) as sched:  # admit every call
         t_long = sched.submit(long)
         t_long.get(0, timeout=60)  # the long one is running
         t_short = sched.submit(short)
@@ -93,7 +93,7 @@ def test_short_request_is_not_held_by_a_long_one(tiny_cfg, params):
 def test_cancel_frees_the_slot_and_full_queue(tiny_cfg, params):
     rng = np.random.default_rng(3)
     long = dict(max_tokens=24, steps=24, block_length=8)
-    with Scheduler(params, tiny_cfg, max_batch=2, max_queue=1, buckets=BUCKETS) as sched:
+    with Scheduler(params, tiny_cfg, max_batch=2, max_queue=1, buckets=BUCKETS, chunk_s=0.0) as sched:
         running = []
         for _ in range(2):  # one at a time: the queue holds one
             running.append(sched.submit(_request(tiny_cfg, _prompt(rng, 5), **long)))
@@ -110,6 +110,41 @@ def test_cancel_frees_the_slot_and_full_queue(tiny_cfg, params):
         assert not running[1].done  # ... before the other long request ended
         assert running[1].result(timeout=60).error is None
         assert sched.stats()["cancelled"] == 1
+
+
+def test_a_chunk_runs_many_calls_and_ends_where_a_request_finishes(tiny_cfg, params):
+    """With a time budget a chunk is many model calls in one jitted call, each reported as its own
+    frame, and it ends at the call after which the first request is done (its slot is free then)."""
+    rng = np.random.default_rng(6)
+    long = _request(tiny_cfg, _prompt(rng, 5), max_tokens=24, steps=24, block_length=8)
+    short = _request(tiny_cfg, _prompt(rng, 3), max_tokens=16, steps=6, block_length=8, threshold=0.5)
+    slots = SlotBatch(params, tiny_cfg, max_batch=2, length_buckets=BUCKETS)
+    ids = [slots.admit(r) for r in (long, short)]
+    calls = slots.step(budget_s=60.0) + slots.step(budget_s=60.0)
+    assert len(calls) == 2  # a shape's first call compiles, its second is timed: single calls
+    while not any(r.done for r in calls[-1]):
+        # threshold mode: at least one call per block left, so the chunk can never overshoot its end
+        before = slots._slots[ids[1]].min_calls_left
+        more = slots.step(budget_s=60.0)
+        assert 1 <= len(more) <= before
+        calls += more
+    short_frames = [r for call in calls for r in call if r.slot == ids[1]]
+    assert short_frames[-1].done and not any(r.done for r in short_frames[:-1])
+    assert [r.calls for r in short_frames] == list(range(1, len(short_frames) + 1))
+    masks = [int((r.tokens == tiny_cfg.mask_token_id).sum()) for r in short_frames]
+    assert masks == sorted(masks, reverse=True) and masks[-1] == 0
+    assert sum(r.written for r in short_frames) == short.max_tokens
+    slots.release(ids[1])
+    long_frames = [r for call in calls for r in call if r.slot == ids[0]]
+    chunks = []  # alone now (a new batch shape: two single calls), then every call it has left in one chunk
+    while not (chunks and chunks[-1][-1][0].done):
+        chunks.append(slots.step(budget_s=60.0))
+    assert [len(c) for c in chunks] == [1, 1, long.steps - len(long_frames) - 2]
+    long_frames += [r for chunk in chunks for call in chunk for r in call]
+    assert [r.calls for r in long_frames] == list(range(1, long.steps + 1))
+    for r, final in ((long, long_frames[-1]), (short, short_frames[-1])):
+        want = np.asarray(generate(params, tiny_cfg, r.prompt_array(), **r.generate_kwargs()))[0, len(r.prompt_ids):]
+        np.testing.assert_array_equal(final.tokens, want, err_msg=str(r))
 
 
 def test_stop_drains_then_refuses(tiny_cfg, params):
@@ -181,4 +216,5 @@ def test_seed_is_drawn_and_recorded(tiny_cfg):
 def test_length_buckets_bound_the_padding():
     b = default_length_buckets(4096)
     assert b[-1] == 4096 and b[0] == 8 and len(b) < 64
-    assert all(hi <= max(lo + 8, lo * 1.25) for lo, hi in zip(b, b[1:]))
+    assert all(hi <= max(lo + 8, lo * 1.125) for lo, hi in zip(b, b[1:]))
+    assert set(range(8, 129, 8)) <= set(b)  # short rows: padded to the next multiple of 8
