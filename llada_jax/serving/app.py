@@ -174,7 +174,8 @@ def build_app(state: ServerState):
         tickets = []
         try:
             for r in parsed.requests:
-                tickets.append(state.scheduler.submit(r))
+                # frames of one chunk arrive together: only a denoising stream shows each call's
+                tickets.append(state.scheduler.submit(r, every_call=parsed.denoising))
         except BaseException:
             for t in tickets:
                 t.cancel()

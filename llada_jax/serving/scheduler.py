@@ -3,7 +3,8 @@ of slots, admitting queued requests into free slots between model calls.
 
 `Scheduler(params, cfg, max_batch=8, max_queue=64, chunk_s=0.05)`; `start()`; `submit(request) -> Ticket`;
 `Ticket.frames()` (blocking) or `Ticket.aframes()` (asyncio) yields a `Frame` after every model
-call that touched the request, the last one with `done=True` or an `error`; `Ticket.cancel()`
+call that touched the request (or, submitted with `every_call=False`, after every chunk), the
+last one with `done=True` or an `error`; `Ticket.cancel()`
 frees the slot at the next admission; `stop(grace_s)` stops admitting, lets in-flight requests
 finish within the grace period and answers the rest with an error: every accepted request ends
 with a final frame. The slots themselves (state on the device, one jitted chunk of model calls
@@ -65,8 +66,9 @@ class Frame:
 class Ticket:
     """A submitted request's handle: its frames as they come, and cancellation. Thread-safe."""
 
-    def __init__(self, request: SamplingRequest, request_id: int, mask_id: int):
+    def __init__(self, request: SamplingRequest, request_id: int, mask_id: int, every_call: bool = True):
         self.request = request
+        self.every_call = every_call
         self.id = request_id
         self.submitted_at = time.monotonic()
         self.cancelled = False
@@ -231,8 +233,9 @@ class Scheduler:
         self.stop(0.0)
 
     # -- requests
-    def submit(self, request: SamplingRequest) -> Ticket:
-        """Queue a request (validated: `SamplingRequest.create`); raises QueueFull or ShuttingDown."""
+    def submit(self, request: SamplingRequest, every_call: bool = True) -> Ticket:
+        """Queue a request (validated: `SamplingRequest.create`); raises QueueFull or ShuttingDown.
+        `every_call=False`: a frame per chunk (its last call's) instead of one per model call."""
         if self.slots.rows_needed(request) > self.max_batch:
             raise RequestError("cfg_scale", f"a guided request (cfg_scale > 0) takes two slots; this server has "
                                             f"max_batch {self.max_batch}")
@@ -242,7 +245,7 @@ class Scheduler:
                 raise ShuttingDown("the scheduler is not accepting requests")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(self._retry_after())
-            ticket = Ticket(request, next(self._ids), self.cfg.mask_token_id)
+            ticket = Ticket(request, next(self._ids), self.cfg.mask_token_id, every_call)
             self._queue.append(ticket)
             self._counts["requests_total"] += 1
             self._cond.notify_all()
@@ -299,7 +302,7 @@ class Scheduler:
             now = time.monotonic()
             with self._cond:
                 self._counts["model_calls"] += len(calls)
-                for results in calls:
+                for j, results in enumerate(calls, start=1):
                     for r in results:
                         ticket = self._active.get(r.slot)
                         if ticket is None:
@@ -310,5 +313,6 @@ class Scheduler:
                             del self._active[r.slot]
                             self._counts["finished"] += 1
                             self._durations.append(now - ticket.submitted_at)
-                        ticket._emit(Frame(r.tokens, r.calls, r.done))
+                        if r.done or ticket.every_call or j == len(calls):
+                            ticket._emit(Frame(r.tokens, r.calls, r.done))
                 self._cond.notify_all()

@@ -147,6 +147,20 @@ def test_a_chunk_runs_many_calls_and_ends_where_a_request_finishes(tiny_cfg, par
         np.testing.assert_array_equal(final.tokens, want, err_msg=str(r))
 
 
+def test_a_frame_per_chunk_when_not_every_call(tiny_cfg, params):
+    rng = np.random.default_rng(7)
+    request = _request(tiny_cfg, _prompt(rng, 4), max_tokens=16, steps=16, block_length=8)
+    with Scheduler(params, tiny_cfg, max_batch=2, buckets=BUCKETS, chunk_s=60.0) as sched:
+        sched.submit(request).result(timeout=60)  # compiles the shape and times its calls
+        ticket = sched.submit(request, every_call=False)
+        frames = list(ticket.frames(timeout=60))
+        calls = sched.stats()["model_calls"]
+    assert frames[-1].done and frames[-1].step == request.steps == calls / 2
+    assert len(frames) < request.steps  # the calls after the first two ran as one chunk: one frame
+    want = np.asarray(generate(params, tiny_cfg, request.prompt_array(), **request.generate_kwargs()))[0, 4:]
+    np.testing.assert_array_equal(frames[-1].tokens, want)
+
+
 def test_stop_drains_then_refuses(tiny_cfg, params):
     rng = np.random.default_rng(4)
     sched = Scheduler(params, tiny_cfg, max_batch=2, buckets=BUCKETS).start()
