@@ -246,17 +246,21 @@ class VrpoConfig(Section):
     positions masked with p_mask = (1 - eps) t + eps, -sum masked CE / p_mask). `allocation`:
     "optimal" draws n timesteps with one mask each (the paper's optimal allocation), "one_timestep"
     one timestep with n masks. `antithetic`: policy and reference score the same timesteps and
-    masks for the same response (false: independent draws).
+    masks for the same response (false: independent draws). `sft_weight`: the chosen responses'
+    SFT loss (-ELBO / answer length) added with this weight, against DPO's likelihood displacement.
     """
 
     beta: float = 0.1               # DPO temperature on the ELBO differences
     n_samples: int = 8              # ELBO samples per response (the paper's budget n)
     allocation: str = "optimal"     # one of VRPO_ALLOCATIONS
     antithetic: bool = True
+    sft_weight: float = 0.0         # weight of the chosen responses' SFT loss added to the DPO loss (0: none)
 
     def validate(self, where: str | None = None) -> None:
         w = where or "VrpoConfig"
         self.check_positive(w, "beta", "n_samples")
+        if not self.sft_weight >= 0:
+            raise ConfigError(f"{w}.sft_weight: {self.sft_weight} must be >= 0")
         self.check_choice(w, "allocation", VRPO_ALLOCATIONS)
 
 

@@ -12,6 +12,11 @@ with `vrpo.n_samples` n it is the mean of n such samples. The paper's variance r
 timestep, n masks), and `antithetic` scores policy and reference on the same timesteps and masks
 for the same response, so their difference loses the noise they share. All randomness comes from
 the key the train step derives from the train state (exact resume).
+
+`vrpo.sft_weight` (0 by default: the loss above alone, as LLaDA 1.5) adds the chosen responses'
+SFT loss with that weight (as RPO, Pang et al. 2024), against DPO's likelihood displacement:
+when chosen and rejected responses share most tokens, DPO can lower both ELBOs, the chosen
+one too.
 """
 
 from __future__ import annotations
@@ -89,14 +94,29 @@ def vrpo_parts(key: jax.Array, batch: dict, *, model, train, settings):
                 eps=train.noise_eps)
     noise = elbo_noise(policy_key, tokens, prompt_lengths, **draw)
     reference_noise = (None,) * 3 if settings.antithetic else elbo_noise(reference_key, tokens, prompt_lengths, **draw)
-    return (tokens, *noise, *reference_noise)
+    answer_lengths = (tokens.shape[-1] - prompt_lengths).astype(jnp.float32)
+    return (tokens, *noise, *reference_noise, answer_lengths)
 
 
-def vrpo_loss(params, reference, tokens, noisy, masked, p_mask, ref_noisy=None, ref_masked=None, ref_p_mask=None, *,
-              model, train, settings):
-    """`(loss, metrics)` of a microbatch of pairs; the reference is frozen (no gradient flows to it)."""
+def chosen_nll(policy: jax.Array, answer_lengths: jax.Array) -> jax.Array:
+    """The SFT loss of the chosen responses from their ELBOs [B, 2]: mean of -ELBO / answer length."""
+    return jnp.mean(-policy[:, 0] / answer_lengths)
+
+
+def vrpo_loss(params, reference, tokens, noisy, masked, p_mask, ref_noisy=None, ref_masked=None, ref_p_mask=None,
+              answer_lengths=None, *, model, train, settings):
+    """`(loss, metrics)` of a microbatch of pairs; the reference is frozen (no gradient flows to it).
+    With `settings.sft_weight` > 0 the chosen responses' SFT loss (`chosen_nll`, which needs
+    `answer_lengths` [B]) is added with that weight."""
     policy = response_elbos(params, model, tokens, noisy, masked, p_mask)
     if ref_noisy is None:
         ref_noisy, ref_masked, ref_p_mask = noisy, masked, p_mask
     ref = jax.lax.stop_gradient(response_elbos(reference, model, tokens, ref_noisy, ref_masked, ref_p_mask))
-    return dpo_objective(policy, ref, settings.beta)
+    loss, metrics = dpo_objective(policy, ref, settings.beta)
+    if settings.sft_weight > 0:
+        if answer_lengths is None:
+            raise ValueError("vrpo_loss: vrpo.sft_weight > 0 needs the answer lengths")
+        nll = chosen_nll(policy, answer_lengths)
+        loss = loss + settings.sft_weight * nll
+        metrics = {**metrics, "chosen_nll": nll}
+    return loss, metrics

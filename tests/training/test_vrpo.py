@@ -107,6 +107,30 @@ def test_vrpo_loss_and_gradients_match_numpy(tiny_cfg, tiny_params):
             np.testing.assert_allclose(analytic, numeric, rtol=2e-3)
 
 
+def test_sft_weight_adds_the_chosen_sft_loss(tiny_cfg, tiny_params):
+    """loss(sft_weight w) = DPO loss + w * mean(-ELBO(chosen) / answer length), ELBOs from NumPy."""
+    rng = np.random.default_rng(5)
+    b, length, n = 2, 12, 2
+    prompts = np.array([3, 5], np.int32)
+    tokens = rng.integers(5, tiny_cfg.vocab_size, (b, 2, length)).astype(np.int32)
+    noise = _fixed_noise(rng, tokens, prompts, n, tiny_cfg.mask_token_id)
+    reference = init_params(tiny_cfg, jax.random.key(7))
+    args = (jnp.asarray(tokens), *(jnp.asarray(x) for x in noise), None, None, None,
+            jnp.asarray(length - prompts, jnp.float32))
+    plain, _ = vrpo_loss(tiny_params, reference, *args, model=tiny_cfg, train=None,
+                         settings=VrpoConfig(beta=BETA, n_samples=n))
+    weighted, metrics = vrpo_loss(tiny_params, reference, *args, model=tiny_cfg, train=None,
+                                  settings=VrpoConfig(beta=BETA, n_samples=n, sft_weight=0.5))
+    to_np = functools.partial(jax.tree.map, lambda x: np.asarray(x, np.float64))
+    pol = _np_elbos(npr.hf_weights(to_np(tiny_params), tiny_cfg), tiny_cfg, tokens, *noise)
+    nll = np.mean(-pol[:, 0] / (length - prompts))
+    np.testing.assert_allclose(float(metrics["chosen_nll"]), nll, rtol=2e-5)
+    np.testing.assert_allclose(float(weighted) - float(plain), 0.5 * nll, rtol=1e-4)
+    with pytest.raises(ValueError, match="answer lengths"):
+        vrpo_loss(tiny_params, reference, *args[:-1], model=tiny_cfg, train=None,
+                  settings=VrpoConfig(beta=BETA, n_samples=n, sft_weight=0.5))
+
+
 # -- the noise and the variance reduction ------------------------------------------------------------------------------
 
 def test_elbo_noise_allocations_never_mask_the_prompt(tiny_cfg):
