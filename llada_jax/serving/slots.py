@@ -247,6 +247,7 @@ class SlotBatch:
         self._cache: KVCache | None = None
         self._shapes: set[tuple] = set()
         self._call_seconds: dict[tuple, float] = {}  # per shape: seconds a model call takes (moving average)
+        self._cell_seconds: float | None = None       # the last timed call's seconds per row position
 
     # -- capacity
     @property
@@ -332,8 +333,9 @@ class SlotBatch:
 
     def step(self, budget_s: float = 0.0) -> list[list[StepResult]]:
         """Model calls over the occupied rows, in one jitted chunk: one call, or as many as fit in
-        `budget_s` seconds (timed on earlier calls of the same shape) and end no later than the
-        first request can finish, so a finished row is free for the next request at once.
+        `budget_s` seconds (timed on earlier calls of the same shape, or scaled by rows x length
+        from the last timed call) and end no later than the first request can finish, so a
+        finished row is free for the next request at once.
         Returns, for each call, every request's state after it."""
         if not self._slots:
             return []
@@ -348,6 +350,8 @@ class SlotBatch:
         shape = (nb, lb, window, sample, cached, remasking)
         n_calls = min([MAX_CHUNK_CALLS] + [s.min_calls_left for s in self._slots.values()])
         per_call = self._call_seconds.get(shape)
+        if per_call is None and self._cell_seconds is not None:  # a shape not timed yet: scaled from the last one
+            per_call = self._cell_seconds * nb * lb
         n_calls = max(1, min(n_calls, int(budget_s / per_call) if per_call else 1))
         cache = self._layout_cache(nb, lb) if cached else None
         ints, floats, temperature, key_data = self._table(nb)
@@ -363,6 +367,7 @@ class SlotBatch:
             seconds = (time.perf_counter() - t0) / n_calls
             old = self._call_seconds.get(shape)
             self._call_seconds[shape] = seconds if old is None else 0.8 * old + 0.2 * seconds
+            self._cell_seconds = seconds / (nb * lb)
         self._shapes.add(shape)
         self._cache = cache
         self._x[:nb, :lb] = after

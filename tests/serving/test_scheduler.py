@@ -136,10 +136,10 @@ def test_a_chunk_runs_many_calls_and_ends_where_a_request_finishes(tiny_cfg, par
     assert sum(r.written for r in short_frames) == short.max_tokens
     slots.release(ids[1])
     long_frames = [r for call in calls for r in call if r.slot == ids[0]]
-    chunks = []  # alone now (a new batch shape: two single calls), then every call it has left in one chunk
+    chunks = []  # alone now (a new batch shape, its call time scaled from the last one): one chunk
     while not (chunks and chunks[-1][-1][0].done):
         chunks.append(slots.step(budget_s=60.0))
-    assert [len(c) for c in chunks] == [1, 1, long.steps - len(long_frames) - 2]
+    assert [len(c) for c in chunks] == [long.steps - len(long_frames)]
     long_frames += [r for chunk in chunks for call in chunk for r in call]
     assert [r.calls for r in long_frames] == list(range(1, long.steps + 1))
     for r, final in ((long, long_frames[-1]), (short, short_frames[-1])):
