@@ -246,7 +246,8 @@ class VrpoConfig(Section):
     positions masked with p_mask = (1 - eps) t + eps, -sum masked CE / p_mask). `allocation`:
     "optimal" draws n timesteps with one mask each (the paper's optimal allocation), "one_timestep"
     one timestep with n masks. `antithetic`: policy and reference score the same timesteps and
-    masks for the same response (false: independent draws). `sft_weight`: the chosen responses'
+    masks for the same response (false: independent draws). `coupled`: the chosen and rejected
+    responses of a pair share their timesteps and masks too. `sft_weight`: the chosen responses'
     SFT loss (-ELBO / answer length) added with this weight, against DPO's likelihood displacement.
     """
 
@@ -254,6 +255,7 @@ class VrpoConfig(Section):
     n_samples: int = 8              # ELBO samples per response (the paper's budget n)
     allocation: str = "optimal"     # one of VRPO_ALLOCATIONS
     antithetic: bool = True
+    coupled: bool = False           # a pair's chosen and rejected responses share timesteps and masks
     sft_weight: float = 0.0         # weight of the chosen responses' SFT loss added to the DPO loss (0: none)
 
     def validate(self, where: str | None = None) -> None:

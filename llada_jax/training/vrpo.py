@@ -13,6 +13,11 @@ timestep, n masks), and `antithetic` scores policy and reference on the same tim
 for the same response, so their difference loses the noise they share. All randomness comes from
 the key the train step derives from the train state (exact resume).
 
+`vrpo.coupled` (false by default: the paper's draws) goes one step further in the paper's
+direction: the chosen and rejected responses of a pair (rows of one length with one prompt)
+share their timesteps and masks, so the positions where the two answers agree, most of them when
+a rejected answer is a near miss, cancel in the preference score instead of adding noise to it.
+
 `vrpo.sft_weight` (0 by default: the loss above alone, as LLaDA 1.5) adds the chosen responses'
 SFT loss with that weight (as RPO, Pang et al. 2024), against DPO's likelihood displacement:
 when chosen and rejected responses share most tokens, DPO can lower both ELBOs, the chosen
@@ -24,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llada_jax.model.diffusion import elbo_from_ce, head_cross_entropy, mask_rate, mask_tokens, prompt_positions
+from llada_jax.model.diffusion import elbo_from_ce, head_cross_entropy, mask_rate, prompt_positions
 from llada_jax.model.transformer import forward_hidden
 
 
@@ -34,23 +39,28 @@ def pair_tokens(batch: dict) -> jax.Array:
 
 
 def elbo_noise(key: jax.Array, tokens: jax.Array, prompt_lengths: jax.Array, *, n_samples: int, allocation: str,
-               mask_id: int, eps: float):
+               mask_id: int, eps: float, coupled: bool = False):
     """n noised copies of every response: `(noisy [B, R, n, L], masked [B, R, n, L], p_mask [B, R, n])`.
 
     `tokens` [B, R, L] (R responses per prompt, sharing `prompt_lengths` [B]). "optimal": each of the
-    n copies has its own t; "one_timestep": the n copies share one t per response.
+    n copies has its own t; "one_timestep": the n copies share one t per response. `coupled`: the
+    R responses of a prompt share their timesteps and masks (each response's ELBO estimate is
+    unchanged; their difference loses the noise of the positions where they agree).
     """
     b, r, length = tokens.shape
+    drawn = 1 if coupled else r
     t_key, m_key = jax.random.split(key)
     if allocation == "optimal":
-        t = jax.random.uniform(t_key, (b, r, n_samples), dtype=jnp.float32)
+        t = jax.random.uniform(t_key, (b, drawn, n_samples), dtype=jnp.float32)
     else:
-        t = jnp.broadcast_to(jax.random.uniform(t_key, (b, r, 1), dtype=jnp.float32), (b, r, n_samples))
-    p_mask = mask_rate(t, eps)
+        t = jnp.broadcast_to(jax.random.uniform(t_key, (b, drawn, 1), dtype=jnp.float32), (b, drawn, n_samples))
+    p_mask = jnp.broadcast_to(mask_rate(t, eps), (b, r, n_samples))
     shape = (b, r, n_samples, length)
+    draw = jax.random.uniform(m_key, (b, drawn, n_samples, length), dtype=jnp.float32)
+    answer = ~prompt_positions(prompt_lengths, length)[:, None, None, :]
+    masked = (draw < p_mask[..., None]) & answer
     rows = jnp.broadcast_to(tokens[:, :, None, :], shape)
-    answer = jnp.broadcast_to(~prompt_positions(prompt_lengths, length)[:, None, None, :], shape)
-    noisy, masked = mask_tokens(m_key, rows, p_mask[..., None], mask_id, answer)
+    noisy = jnp.where(masked, jnp.asarray(mask_id, rows.dtype), rows)
     return noisy, masked, p_mask
 
 
@@ -91,7 +101,7 @@ def vrpo_parts(key: jax.Array, batch: dict, *, model, train, settings):
     prompt_lengths = batch["prompt_lengths"].astype(jnp.int32)
     policy_key, reference_key = jax.random.split(key)
     draw = dict(n_samples=settings.n_samples, allocation=settings.allocation, mask_id=model.mask_token_id,
-                eps=train.noise_eps)
+                eps=train.noise_eps, coupled=settings.coupled)
     noise = elbo_noise(policy_key, tokens, prompt_lengths, **draw)
     reference_noise = (None,) * 3 if settings.antithetic else elbo_noise(reference_key, tokens, prompt_lengths, **draw)
     answer_lengths = (tokens.shape[-1] - prompt_lengths).astype(jnp.float32)
