@@ -86,11 +86,15 @@ def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
     return gumbel, rand
 
 
+def scheduled_count(n, steps, i):
+    """Tokens the release schedule writes at step i of `steps` for n masks: n // s, +1 for i < n % s."""
+    return n // steps + (i < n % steps).astype(jnp.int32)
+
+
 def transfer_counts(masked_in_block, steps: int):
     """Release schedule [B, steps]: step i transfers `n // s + (1 if i < n % s else 0)` tokens, n = masks."""
     n = jnp.sum(masked_in_block, axis=-1).astype(jnp.int32)[:, None]
-    i = jnp.arange(steps, dtype=jnp.int32)[None, :]
-    return n // steps + (i < n % steps).astype(jnp.int32)
+    return scheduled_count(n, steps, jnp.arange(steps, dtype=jnp.int32)[None, :])
 
 
 def trajectory_from(tokens, write_step, model_calls: int, mask_id: int) -> np.ndarray:

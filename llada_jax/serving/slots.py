@@ -49,7 +49,7 @@ import numpy as np
 
 from llada_jax.config import REMASKING, ModelConfig
 from llada_jax.inference.denoise import RowOptions, combine_guidance, transfer
-from llada_jax.inference.sampling import Plan, float64_noise, step_keys
+from llada_jax.inference.sampling import Plan, float64_noise, scheduled_count, step_keys
 from llada_jax.model.transformer import KVCache, forward_rows
 from llada_jax.serving.requests import SamplingRequest
 
@@ -147,8 +147,7 @@ def _one_call(params, x, cache, state, rows: _Rows, *, cfg: ModelConfig, window:
     rand_u = None
     if remasking in (None, "random"):
         rand_u = jax.vmap(lambda k: jax.random.uniform(k, (1, window), jnp.float32)[0])(rand_keys)
-    # The release schedule of a block whose answer positions all start masked: n // s, +1 for the first n % s.
-    count = block_length // steps + (step_in_block < block_length % steps).astype(jnp.int32)
+    count = scheduled_count(block_length, steps, step_in_block)  # a block's positions all start masked
     opts = RowOptions(remasking=col["remasking"] if remasking is None else remasking,
                       sample=flag["sample"] if sample else False,
                       temperature=rows.temperature, logits_eos_inf=flag["logits_eos_inf"],
