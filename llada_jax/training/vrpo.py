@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llada_jax.model.diffusion import elbo_from_ce, head_cross_entropy, mask_rate, prompt_positions
+from llada_jax.model.diffusion import elbo_from_ce, head_cross_entropy, mask_rate, mask_tokens, prompt_positions
 from llada_jax.model.transformer import forward_hidden
 
 
@@ -56,10 +56,10 @@ def elbo_noise(key: jax.Array, tokens: jax.Array, prompt_lengths: jax.Array, *, 
         t = jnp.broadcast_to(jax.random.uniform(t_key, (b, drawn, 1), dtype=jnp.float32), (b, drawn, n_samples))
     p_mask = jnp.broadcast_to(mask_rate(t, eps), (b, r, n_samples))
     shape = (b, r, n_samples, length)
-    draw = jax.random.uniform(m_key, (b, drawn, n_samples, length), dtype=jnp.float32)
-    answer = ~prompt_positions(prompt_lengths, length)[:, None, None, :]
-    masked = (draw < p_mask[..., None]) & answer
     rows = jnp.broadcast_to(tokens[:, :, None, :], shape)
+    answer = ~prompt_positions(prompt_lengths, length)[:, None, None, :]
+    _, masked = mask_tokens(m_key, rows[:, :drawn], p_mask[:, :drawn, :, None], mask_id, answer)
+    masked = jnp.broadcast_to(masked, shape)
     noisy = jnp.where(masked, jnp.asarray(mask_id, rows.dtype), rows)
     return noisy, masked, p_mask
 
