@@ -8,6 +8,7 @@ local or on a bucket (`gs://...`, through `llada_jax.io.paths`).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -30,7 +31,7 @@ def quiet_abandoned_reads() -> None:
     "Encountered error while reading array index" from the GeneratorExit. Python reports each as
     an unraisable exception: dozens of tracebacks around the one error that says what failed.
     Installed once per process, before reading; every other unraisable exception still reaches
-    the previous hook.
+    the previous hook. asyncio's report of such a read task's unretrieved exception is dropped too.
     """
     previous = sys.unraisablehook
     if getattr(previous, "quiets_abandoned_reads", False):
@@ -42,6 +43,14 @@ def quiet_abandoned_reads() -> None:
 
     hook.quiets_abandoned_reads = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_abandoned_read_tasks)
+
+
+def _drop_abandoned_read_tasks(record: logging.LogRecord) -> bool:
+    """asyncio's "Task exception was never retrieved" for an Orbax read task abandoned the same way
+    (its error is the one already reported): dropped; every other asyncio record passes."""
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and f"{os.sep}orbax{os.sep}" in message)
 
 
 def is_abandoned_read_report(unraisable) -> bool:

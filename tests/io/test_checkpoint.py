@@ -61,3 +61,20 @@ def test_quiet_abandoned_reads_drops_orbax_read_coroutines_closed_unfinished(mon
         _abandoned_coroutine(filename)  # dropped unfinished: closed when collected
         gc.collect()
     assert seen == [other_file]
+
+
+def test_asyncio_reports_of_abandoned_orbax_read_tasks_are_dropped():
+    """asyncio's 'Task exception was never retrieved' for an Orbax read task is dropped; others pass."""
+    import logging
+    import os
+
+    from llada_jax.io.checkpoint import _drop_abandoned_read_tasks
+
+    def record(where):
+        text = f"Task exception was never retrieved\nfuture: <Task finished coro=<read() defined at {where}:1>>"
+        return logging.LogRecord("asyncio", logging.ERROR, "", 0, text, None, None)
+
+    assert not _drop_abandoned_read_tasks(record(f"{os.sep}site{os.sep}orbax{os.sep}serialization.py"))
+    assert _drop_abandoned_read_tasks(record(f"{os.sep}mine{os.sep}job.py"))
+    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, f"Unclosed client session {os.sep}orbax{os.sep}", None, None)
+    assert _drop_abandoned_read_tasks(other)
