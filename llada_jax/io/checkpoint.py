@@ -47,10 +47,19 @@ def quiet_abandoned_reads() -> None:
 
 
 def _drop_abandoned_read_tasks(record: logging.LogRecord) -> bool:
-    """asyncio's "Task exception was never retrieved" for an Orbax read task abandoned the same way
-    (its error is the one already reported): dropped; every other asyncio record passes."""
+    """asyncio's "Task exception was never retrieved" for a read Orbax abandoned the same way (its
+    error is the one already reported): dropped; every other asyncio record passes.
+
+    Such a task runs an Orbax coroutine, or wraps a tensorstore future directly (then only its
+    error, a tensorstore error carrying its `tensorstore_spec`, says where it came from).
+    """
     message = record.getMessage()
-    return not (message.startswith("Task exception was never retrieved") and f"{os.sep}orbax{os.sep}" in message)
+    if not message.startswith("Task exception was never retrieved"):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    from_orbax = f"{os.sep}orbax{os.sep}" in message
+    from_tensorstore = error is not None and "[tensorstore_spec=" in str(error)
+    return not (from_orbax or from_tensorstore)
 
 
 def is_abandoned_read_report(unraisable) -> bool:

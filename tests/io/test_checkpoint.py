@@ -78,3 +78,40 @@ def test_asyncio_reports_of_abandoned_orbax_read_tasks_are_dropped():
     assert _drop_abandoned_read_tasks(record(f"{os.sep}mine{os.sep}job.py"))
     other = logging.LogRecord("asyncio", logging.ERROR, "", 0, f"Unclosed client session {os.sep}orbax{os.sep}", None, None)
     assert _drop_abandoned_read_tasks(other)
+
+
+def test_asyncio_reports_of_abandoned_tensorstore_reads_are_dropped(tmp_path):
+    """A real tensorstore read wrapped in a task whose error nobody retrieves (as Orbax leaves them
+    when another read of the checkpoint failed): asyncio's report of it is dropped, others pass."""
+    import asyncio
+    import gc
+    import logging
+
+    import tensorstore as ts
+
+    from llada_jax.io.checkpoint import _drop_abandoned_read_tasks
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    handler.addFilter(_drop_abandoned_read_tasks)
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+
+    async def abandon_reads():
+        missing = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "missing") + "/"}}
+        read = asyncio.ensure_future(ts.open(missing, open=True))
+
+        async def mine():
+            raise ValueError("my own task failed")
+
+        other = asyncio.ensure_future(mine())
+        while not (read.done() and other.done()):
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(abandon_reads())
+        gc.collect()
+    finally:
+        logger.removeHandler(handler)
+    assert [str(r.exc_info[1]) for r in records] == ["my own task failed"]
