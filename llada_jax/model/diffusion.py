@@ -48,8 +48,12 @@ def mask_tokens(key: jax.Array, tokens: jax.Array, p_mask: jax.Array, mask_id: i
     masked = jax.random.uniform(key, tokens.shape, dtype=jnp.float32) < p_mask
     if valid is not None:
         masked = masked & valid.astype(bool)
-    noisy = jnp.where(masked, jnp.asarray(mask_id, tokens.dtype), tokens)
-    return noisy, masked
+    return masked_copy(tokens, masked, mask_id), masked
+
+
+def masked_copy(tokens: jax.Array, masked: jax.Array, mask_id: int) -> jax.Array:
+    """`tokens` with `mask_id` wherever `masked` is true: the noised input of the mask predictor."""
+    return jnp.where(masked, jnp.asarray(mask_id, tokens.dtype), tokens)
 
 
 def prompt_positions(prompt_lengths: jax.Array, length: int) -> jax.Array:

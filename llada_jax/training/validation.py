@@ -34,8 +34,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llada_jax.config import Config, ModelConfig, TrainConfig
-from llada_jax.model.diffusion import (forward_process, pretrain_loss, prompt_positions, sft_forward_process,
-                                       sft_loss, token_cross_entropy)
+from llada_jax.model.diffusion import (forward_process, masked_copy, pretrain_loss, prompt_positions,
+                                       sft_forward_process, sft_loss, token_cross_entropy)
 from llada_jax.model.sharding import LOGICAL_RULES, host_batch_to_global, param_shardings
 from llada_jax.model.transformer import MaskPredictor
 from llada_jax.training.objectives import objective_of
@@ -79,8 +79,7 @@ def elbo_noise(key: jax.Array, tokens: jax.Array, prompt_lengths: jax.Array | No
     scores = jnp.where(prompt_positions(prompt, length), 2.0, scores)  # prompt positions rank last
     rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
     masked = rank < counts[:, None]
-    noisy = jnp.where(masked, jnp.asarray(mask_id, tokens.dtype), tokens)
-    return noisy, masked, counts, answer
+    return masked_copy(tokens, masked, mask_id), masked, counts, answer
 
 
 def eval_step(params: Any, batch: dict, batch_index: jax.Array, key_data: jax.Array, *, model: ModelConfig,

@@ -29,7 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llada_jax.model.diffusion import elbo_from_ce, head_cross_entropy, mask_rate, mask_tokens, prompt_positions
+from llada_jax.model.diffusion import (elbo_from_ce, head_cross_entropy, mask_rate, mask_tokens, masked_copy,
+                                       prompt_positions)
 from llada_jax.model.transformer import forward_hidden
 
 
@@ -60,8 +61,7 @@ def elbo_noise(key: jax.Array, tokens: jax.Array, prompt_lengths: jax.Array, *, 
     answer = ~prompt_positions(prompt_lengths, length)[:, None, None, :]
     _, masked = mask_tokens(m_key, rows[:, :drawn], p_mask[:, :drawn, :, None], mask_id, answer)
     masked = jnp.broadcast_to(masked, shape)
-    noisy = jnp.where(masked, jnp.asarray(mask_id, rows.dtype), rows)
-    return noisy, masked, p_mask
+    return masked_copy(rows, masked, mask_id), masked, p_mask
 
 
 def response_elbos(params, model, tokens: jax.Array, noisy: jax.Array, masked: jax.Array,
