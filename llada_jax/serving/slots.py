@@ -374,15 +374,15 @@ class SlotBatch:
         for s in list(self._slots.values()):
             plan, row = s.plan, s.row
             answer = slice(plan.prompt_len, s.length)
+            call_of, old, new = written[row, answer], before[row, answer], after[row, answer]
+            per_call = np.bincount(written[row][written[row] >= 0], minlength=n_calls)  # tokens each call wrote
             calls, block = s.calls, s.block
             for j in range(n_calls):
                 if block == plan.num_blocks:
                     break
                 calls, block = calls + 1, int(blocks[j, row])
-                tokens = np.where((written[row, answer] >= 0) & (written[row, answer] <= j), after[row, answer],
-                                  before[row, answer])
-                results[j].append(StepResult(row, tokens, calls, block == plan.num_blocks,
-                                             int((written[row] == j).sum())))
+                tokens = np.where((call_of >= 0) & (call_of <= j), new, old)
+                results[j].append(StepResult(row, tokens, calls, block == plan.num_blocks, int(per_call[j])))
             s.block, s.step_in_block, s.calls = (int(v) for v in state[row])
         return results
 
